@@ -1,0 +1,56 @@
+"""Turn a trained flow into a TorchScript module for serving (see ``docs/artifact.md``).
+
+Work is done once, never by changing the maths: weight normalisation is folded into plain convolution weights,
+batch normalisation is frozen to its running statistics (eval mode), and the scripted module is
+``torch.jit.freeze``-d so parameters become constants the optimiser can fold.
+"""
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from models.flow import Flow
+from models.nets import WeightNormConv2d
+
+EXPORTED_METHODS = ["encode", "decode", "log_prob"]
+
+
+def fold_weight_norm(module: nn.Module) -> nn.Module:
+    """Replace every :class:`WeightNormConv2d` inside ``module`` by its plain-convolution equivalent (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, WeightNormConv2d):
+            setattr(module, name, child.fold())
+        else:
+            fold_weight_norm(child)
+    return module
+
+
+def script(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` with only its deprecation warning silenced (TorchScript still works in 2.13)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        return torch.jit.script(module)
+
+
+def to_torchscript(flow: Flow, freeze: bool = True) -> torch.jit.ScriptModule:
+    """Export ``flow`` as a frozen TorchScript module with ``encode``, ``decode`` and ``log_prob``.
+
+    The input flow is not modified. The result runs in float32 on CPU; ``torch.jit.load(map_location=...)``
+    moves it.
+
+    Args:
+        flow: any :class:`Flow` of this library.
+        freeze: apply ``torch.jit.freeze`` (constant-folds the frozen weights).
+    """
+    inference_flow = fold_weight_norm(copy.deepcopy(flow).float().cpu().eval())
+    for p in inference_flow.parameters():
+        p.requires_grad_(False)
+    scripted = script(inference_flow)
+    if freeze:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*deprecated", category=DeprecationWarning)
+            scripted = torch.jit.freeze(scripted, preserved_attrs=EXPORTED_METHODS)
+    return scripted

@@ -1,0 +1,122 @@
+"""Networks that predict the scale ``s`` and shift ``t`` of an affine coupling.
+
+Each maps the masked input ``b ⊙ x`` (same shape as ``x``) to ``(s, t)`` (each the shape of ``x``); the coupling
+owns the masking. The MLP pair is the founding course's NVPNet; the ResNet is Dinh et al. 2017 §4.1.
+
+References:
+    Dinh, Sohl-Dickstein & Bengio, *Density estimation using Real NVP*, ICLR 2017, §3.3 and §4.1.
+    Salimans & Kingma, *Weight Normalization*, NeurIPS 2016.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MLPScaleShift(nn.Module):
+    """Two one-hidden-layer tanh MLPs, ``s`` and ``t``, for vectors ``(B, D)``.
+
+    ``s`` ends in a tanh, so each coupling scales by at most ``e`` per dimension: no overflow at any input.
+
+    Args:
+        dim: D, the data dimension.
+        hidden_dim: width of the hidden layer.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.s = nn.Sequential(nn.Linear(dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, dim), nn.Tanh())
+        self.t = nn.Sequential(nn.Linear(dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, D) -> (s, t)``, each ``(B, D)``."""
+        return self.s(x), self.t(x)
+
+
+class WeightNormConv2d(nn.Module):
+    """A convolution with weight normalisation, ``w = g · v / ‖v‖`` per output channel.
+
+    Written out (rather than ``torch.nn.utils.parametrizations``) so it scripts, and so :meth:`fold` can replace
+    it by a plain convolution for export, computing the normalised weight once.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> None:
+        super().__init__()
+        self.padding = kernel_size // 2
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=self.padding, bias=bias)
+        self.weight_v = nn.Parameter(conv.weight.detach().clone())
+        self.weight_g = nn.Parameter(self._norm(self.weight_v.detach()).clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if bias else None
+
+    @staticmethod
+    def _norm(v: Tensor) -> Tensor:
+        return v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+    def weight(self) -> Tensor:
+        """The effective kernel ``(out, in, k, k)``."""
+        return self.weight_g * self.weight_v / self._norm(self.weight_v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, in, H, W) -> (B, out, H, W)``."""
+        return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+
+    def fold(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` computing the same function, for inference."""
+        out_channels, in_channels, k, _ = self.weight_v.shape
+        conv = nn.Conv2d(in_channels, out_channels, k, padding=self.padding, bias=self.bias is not None)
+        conv = conv.to(self.weight_v.device, self.weight_v.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation block: ``x + conv(relu(bn(conv(relu(bn(x))))))``, 3×3 weight-normed convolutions."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.conv1 = WeightNormConv2d(channels, channels, 3, bias=False)
+        self.norm2 = nn.BatchNorm2d(channels)
+        self.conv2 = WeightNormConv2d(channels, channels, 3, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``."""
+        h = self.conv1(F.relu(self.norm1(x)))
+        return x + self.conv2(F.relu(self.norm2(h)))
+
+
+class ResNetScaleShift(nn.Module):
+    """The paper's ResNet for ``s`` and ``t`` of a convolutional coupling.
+
+    ``s = scale · tanh(s_raw)`` with a learned per-channel ``scale``; the last convolution starts at zero
+    (``g = 0``), so ``s = t = 0`` and every coupling starts as the identity. Batch normalisation uses batch
+    statistics in training and running statistics in eval mode, so evaluation is row-independent.
+
+    Args:
+        channels: C, channels of the coupled tensor.
+        mid_channels: width of the residual blocks.
+        num_blocks: number of residual blocks.
+    """
+
+    def __init__(self, channels: int, mid_channels: int, num_blocks: int) -> None:
+        super().__init__()
+        self.in_norm = nn.BatchNorm2d(channels)
+        self.in_conv = WeightNormConv2d(channels, mid_channels, 3)
+        self.blocks = nn.ModuleList([ResidualBlock(mid_channels) for _ in range(num_blocks)])
+        self.out_norm = nn.BatchNorm2d(mid_channels)
+        self.out_conv = WeightNormConv2d(mid_channels, 2 * channels, 1)
+        with torch.no_grad():
+            self.out_conv.weight_g.zero_()
+            self.out_conv.bias.zero_()
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C, H, W) -> (s, t)``, each ``(B, C, H, W)``."""
+        h = self.in_conv(self.in_norm(x))
+        for block in self.blocks:
+            h = block(h)
+        s_raw, t = self.out_conv(F.relu(self.out_norm(h))).chunk(2, dim=1)
+        return self.scale * torch.tanh(s_raw), t
