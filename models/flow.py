@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from models.base import Transform
 
 
-
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """``log N(z; 0, I)`` for ``z`` of shape ``(B, D)``, returned as ``(B,)``."""
     return -0.5 * (z * z).sum(dim=1) - 0.5 * z.shape[1] * math.log(2.0 * math.pi)

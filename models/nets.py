@@ -33,6 +33,10 @@ class MLPScaleShift(nn.Module):
         return self.s(x), self.t(x)
 
 
+def _per_output_norm(v: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(v.flatten(1), dim=1).view(-1, 1, 1, 1)
+
+
 class WeightNormConv2d(nn.Module):
     """A convolution with weight normalisation, ``w = g · v / ‖v‖`` per output channel.
 
@@ -45,16 +49,12 @@ class WeightNormConv2d(nn.Module):
         self.padding = kernel_size // 2
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=self.padding, bias=bias)
         self.weight_v = nn.Parameter(conv.weight.detach().clone())
-        self.weight_g = nn.Parameter(self._norm(self.weight_v.detach()).clone())
+        self.weight_g = nn.Parameter(_per_output_norm(self.weight_v.detach()).clone())
         self.bias = nn.Parameter(conv.bias.detach().clone()) if bias else None
-
-    @staticmethod
-    def _norm(v: Tensor) -> Tensor:
-        return v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
 
     def weight(self) -> Tensor:
         """The effective kernel ``(out, in, k, k)``."""
-        return self.weight_g * self.weight_v / self._norm(self.weight_v)
+        return self.weight_g * self.weight_v / _per_output_norm(self.weight_v)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in, H, W) -> (B, out, H, W)``."""
