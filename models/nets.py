@@ -73,19 +73,23 @@ class WeightNormConv2d(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation block: ``x + conv(relu(bn(conv(relu(bn(x))))))``, 3×3 weight-normed convolutions."""
+    """``relu(x + bn(conv(relu(bn(conv(x))))))`` with 3×3 weight-normed convolutions.
+
+    Every batch norm follows a convolution directly, so export folds it into that convolution's weights exactly
+    (``torch.jit.freeze``); a norm before a zero-padded convolution could not be folded exactly at the borders.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm1 = nn.BatchNorm2d(channels)
         self.conv1 = WeightNormConv2d(channels, channels, 3, bias=False)
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.conv2 = WeightNormConv2d(channels, channels, 3, bias=False)
         self.norm2 = nn.BatchNorm2d(channels)
-        self.conv2 = WeightNormConv2d(channels, channels, 3, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``."""
-        h = self.conv1(F.relu(self.norm1(x)))
-        return x + self.conv2(F.relu(self.norm2(h)))
+        h = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(x + self.norm2(self.conv2(h)))
 
 
 class ResNetScaleShift(nn.Module):
@@ -103,10 +107,9 @@ class ResNetScaleShift(nn.Module):
 
     def __init__(self, channels: int, mid_channels: int, num_blocks: int) -> None:
         super().__init__()
-        self.in_norm = nn.BatchNorm2d(channels)
-        self.in_conv = WeightNormConv2d(channels, mid_channels, 3)
+        self.in_conv = WeightNormConv2d(channels, mid_channels, 3, bias=False)
+        self.in_norm = nn.BatchNorm2d(mid_channels)
         self.blocks = nn.ModuleList([ResidualBlock(mid_channels) for _ in range(num_blocks)])
-        self.out_norm = nn.BatchNorm2d(mid_channels)
         self.out_conv = WeightNormConv2d(mid_channels, 2 * channels, 1)
         with torch.no_grad():
             self.out_conv.weight_g.zero_()
@@ -115,8 +118,8 @@ class ResNetScaleShift(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C, H, W) -> (s, t)``, each ``(B, C, H, W)``."""
-        h = self.in_conv(self.in_norm(x))
+        h = F.relu(self.in_norm(self.in_conv(x)))
         for block in self.blocks:
             h = block(h)
-        s_raw, t = self.out_conv(F.relu(self.out_norm(h))).chunk(2, dim=1)
+        s_raw, t = self.out_conv(h).chunk(2, dim=1)
         return self.scale * torch.tanh(s_raw), t
