@@ -88,8 +88,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``."""
-        h = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(x + self.norm2(self.conv2(h)))
+        h = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        return F.relu(x + self.norm2(self.conv2(h)), inplace=True)
 
 
 class ResNetScaleShift(nn.Module):
@@ -118,7 +118,7 @@ class ResNetScaleShift(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C, H, W) -> (s, t)``, each ``(B, C, H, W)``."""
-        h = F.relu(self.in_norm(self.in_conv(x)))
+        h = F.relu(self.in_norm(self.in_conv(x)), inplace=True)
         for block in self.blocks:
             h = block(h)
         s_raw, t = self.out_conv(h).chunk(2, dim=1)
