@@ -1,0 +1,39 @@
+"""``POST /interpolate``: paths (linear, slerp) and grids (manifold) in latent space, decoded."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from service import inference
+from service.api.deps import DeadlineDep, RegistryDep, SettingsDep, use_model
+from service.api.render import decoded_response
+from service.inputs import check_count, images_to_tensor, inputs_to_tensor, require_image_model
+from service.schemas import ImagesResponse, InterpolateRequest, SamplesResponse, error_responses
+
+router = APIRouter(tags=["interpolation"])
+
+
+@router.post(
+    "/interpolate",
+    response_model=SamplesResponse | ImagesResponse,
+    responses=error_responses(401, 404, 413, 422, 503, 504),
+)
+async def interpolate(
+    body: InterpolateRequest, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
+) -> Response:
+    """Encode 2 items and decode `steps` points between their latents (`linear` or `slerp`), or 4 items and a
+    `steps x steps` grid (`manifold`, Dinh et al. 2017 eq. 19; shape `[steps, steps, ...]`, PNGs row-major)."""
+    served = use_model(request, registry, body.model)
+    card = served.card
+    if body.format == "png":
+        require_image_model(card, "format 'png'")
+    frames = body.steps * body.steps if body.method == "manifold" else body.steps
+    check_count("steps x steps" if body.method == "manifold" else "steps", frames, settings.max_samples)
+    limit = settings.max_samples
+    x = (
+        images_to_tensor(card, body.images, limit)
+        if body.images is not None
+        else inputs_to_tensor(card, body.inputs or [], limit)
+    )
+    data = await inference.interpolate(served, x, body.steps, body.method, deadline)
+    return decoded_response(served.name, data, body.format, len(card.shape))

@@ -1,0 +1,96 @@
+"""``POST /log-likelihood`` and ``POST /encode``: the encode direction (JSON or multipart image files)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Request, Response
+
+from service import inference
+from service.api.deps import DeadlineDep, InputsBodyDep, InputsPayload, RegistryDep, SettingsDep, use_model
+from service.api.render import json_response
+from service.card import ModelCard
+from service.inputs import files_to_tensor, images_to_tensor, inputs_to_tensor
+from service.schemas import (
+    EXAMPLE_PNG,
+    EncodeResponse,
+    InputsRequest,
+    LogLikelihoodResponse,
+    error_responses,
+)
+
+router = APIRouter(tags=["scoring"])
+ERRORS = error_responses(401, 404, 413, 422, 503, 504)
+
+
+def _request_body_doc() -> dict[str, Any]:
+    """OpenAPI for a body FastAPI does not parse itself: JSON ``InputsRequest`` or multipart files."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": InputsRequest.model_json_schema(),
+                    "examples": {
+                        "images": {"summary": "base64 PNG", "value": {"model": "mnist", "images": [EXAMPLE_PNG]}},
+                        "inputs": {"summary": "vectors", "value": {"model": "moons", "inputs": [[0.5, -0.25]]}},
+                    },
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "model": {"type": "string", "example": "mnist"},
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        },
+                        "required": ["files"],
+                    },
+                    "example": {"model": "mnist", "files": ["digit.png"]},
+                },
+            },
+        }
+    }
+
+
+def payload_tensor(card: ModelCard, payload: InputsPayload, limit: int) -> torch.Tensor:
+    """The request's items as a validated ``(N, *shape)`` tensor, whichever way they came."""
+    if payload.files is not None:
+        return files_to_tensor(card, payload.files, limit)
+    if payload.images is not None:
+        return images_to_tensor(card, payload.images, limit)
+    assert payload.inputs is not None, "InputsRequest guarantees inputs or images"
+    return inputs_to_tensor(card, payload.inputs, limit)
+
+
+@router.post(
+    "/log-likelihood",
+    response_model=LogLikelihoodResponse,
+    responses=ERRORS,
+    openapi_extra=_request_body_doc(),
+)
+async def log_likelihood(
+    payload: InputsBodyDep, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
+) -> Response:
+    """Exact log-likelihood (nats) and bits/dim per item; 8-bit images are scored at the bin centre `x + 0.5`."""
+    served = use_model(request, registry, payload.model)
+    x = payload_tensor(served.card, payload, settings.max_samples)
+    nats, bits = await inference.log_likelihood(served, x, deadline)
+    return json_response(
+        LogLikelihoodResponse.model_construct(
+            model=served.name, log_likelihood=nats.tolist(), bits_per_dim=bits.tolist()
+        )
+    )
+
+
+@router.post("/encode", response_model=EncodeResponse, responses=ERRORS, openapi_extra=_request_body_doc())
+async def encode(
+    payload: InputsBodyDep, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
+) -> Response:
+    """Latents `z = f(x)` and `log |det df/dx|` per item (images at the bin centre, as `/log-likelihood`)."""
+    served = use_model(request, registry, payload.model)
+    x = payload_tensor(served.card, payload, settings.max_samples)
+    z, log_det = await inference.encode(served, x, deadline)
+    return json_response(
+        EncodeResponse.model_construct(model=served.name, latents=z.tolist(), log_det=log_det.tolist())
+    )

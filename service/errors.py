@@ -1,0 +1,159 @@
+"""Domain errors and the one place that maps them to HTTP status codes.
+
+Every error body is ``{"detail": "..."}`` where the text says what was expected and what was received. Code
+below the HTTP layer raises these exceptions and never builds responses itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers on purpose.
+
+    Attributes:
+        status_code: HTTP status the error maps to.
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    status_code = 500
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if headers is not None:
+            self.headers = headers
+
+
+class InvalidInputError(ServiceError):
+    """The request is well-formed HTTP but its content cannot be used (shape, range, type, encoding)."""
+
+    status_code = 422
+
+
+class ModelNotFoundError(ServiceError):
+    """The request names a model that is not in ``MODEL_DIR``."""
+
+    status_code = 404
+
+
+class PayloadTooLargeError(ServiceError):
+    """The body, ``n`` or the number of items is over a configured limit."""
+
+    status_code = 413
+
+
+class UnauthorizedError(ServiceError):
+    """``API_KEY`` is set and the request's bearer token is missing or wrong."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012 (read-only class default)
+
+
+class UnavailableError(ServiceError):
+    """The service cannot take the request now (queue full, model loading, shutting down)."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after_s: int | None = 1) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None)
+
+
+class DeadlineExceededError(ServiceError):
+    """The request outlived ``REQUEST_TIMEOUT_S``; its queued work was dropped."""
+
+    status_code = 504
+
+
+class InferenceFailedError(ServiceError):
+    """The model raised while running a batch (a server-side fault, never caused by validated input)."""
+
+    status_code = 500
+
+
+def _expectation(error: Any) -> tuple[str, bool]:
+    """What one pydantic error expected, and whether to append the received value."""
+    kind = error.get("type", "")
+    context = error.get("ctx") or {}
+    message = str(error.get("msg", "invalid value"))
+    if kind == "missing":
+        return "expected this field, it is required, got nothing", False
+    if kind == "extra_forbidden":
+        return "expected no such field", True
+    if kind == "too_short":
+        return f"expected at least {context.get('min_length')} items", True
+    if kind == "too_long":
+        return f"expected at most {context.get('max_length')} items", True
+    if kind == "json_invalid":
+        return f"expected a valid JSON body, got invalid JSON ({context.get('error', 'parse error')})", False
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "expected a JSON object", True
+    if kind == "value_error":
+        return message.removeprefix("Value error, "), False
+    if message.startswith("Input should be "):
+        return "expected " + message.removeprefix("Input should be "), True
+    return message, True
+
+
+def _describe_validation_error(errors: list[Any]) -> str:
+    """Turn pydantic's error list into one "field: expected X, got Y" sentence per error."""
+    parts = []
+    for error in errors[:5]:
+        location = ".".join(str(item) for item in error.get("loc", ()) if item != "body") or "body"
+        expectation, show_input = _expectation(error)
+        if show_input:
+            shown = repr(error.get("input"))
+            expectation += f", got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+        parts.append(f"{location}: {expectation}")
+    if len(errors) > 5:
+        parts.append(f"... and {len(errors) - 5} more")
+    return "; ".join(parts)
+
+
+def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Build the JSON error body every error shares."""
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the exception → response mapping on ``app``."""
+
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        if exc.status_code >= 500 and not isinstance(exc, UnavailableError | DeadlineExceededError):
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc.detail)
+        return error_response(exc.status_code, exc.detail, exc.headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return error_response(422, _describe_validation_error(list(exc.errors())))
+
+    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"expected one of the documented paths (see /docs), got {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"expected another method for {request.url.path}, got {request.method}"
+        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; the service logged it")
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(Exception, on_unexpected)

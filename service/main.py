@@ -1,0 +1,66 @@
+"""The FastAPI app: ``create_app(settings)`` and its lifespan (load models in the background, drain on exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+
+from service.api.deps import require_api_key
+from service.api.routes import health, interpolation, models, sampling, scoring
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import BodySizeLimit, RequestMetrics
+from service.registry import ModelRegistry
+
+logger = logging.getLogger("service")
+
+DESCRIPTION = """Sampling, exact log-likelihood, encoding, decoding and interpolation with RealNVP-family flows
+exported to `MODEL_DIR`. Requests are batched per model; see `/docs` for every endpoint and example."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (read from the environment when omitted).
+
+    Start-up discovers the model folders at once and loads, verifies and warms them up in the background:
+    ``/healthz`` answers immediately and ``/readyz`` turns 200 when every model is ready.
+    """
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("service").setLevel(settings.log_level.upper())
+        registry = ModelRegistry(settings, metrics)
+        registry.discover()
+        app.state.registry = registry
+        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await registry.close()
+            logger.info("service stopped: queues drained")
+
+    app = FastAPI(
+        title="RealNVP model service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    protected = [Depends(require_api_key)]
+    for router in (sampling.router, scoring.router, interpolation.router, models.router):
+        app.include_router(router, dependencies=protected)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

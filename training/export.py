@@ -1,0 +1,229 @@
+"""Write a ``model_store/NAME/`` artifact (``model.ts`` + ``card.json``, see ``docs/artifact.md``) and verify it.
+
+``export_artifact`` scripts the flow (``models.export.to_torchscript``), writes both files into a temporary
+folder next to the destination, reloads the module from disk and checks it before renaming the folder into
+place. It refuses (``ExportError``) an artifact whose
+
+- TorchScript outputs differ from the eager flow (``encode``, ``decode``, ``log_prob``) by more than
+  ``EAGER_TOLERANCE`` (relative to ``1 + |value|``),
+- round trip ``decode(encode(x))`` misses ``x`` by more than ``ROUNDTRIP_TOLERANCE`` (pixel units for images,
+  relative to ``1 + |x|`` for vectors),
+- batch rows are not independent (a row's output changes with the rest of the batch),
+- outputs are not finite on held-out data.
+
+A tiny artifact for a test::
+
+    flow = NVPNet(dim=2, hidden_dim=8, depth=2)
+    export_artifact(flow, tmp_path / "toy", name="toy", dataset={"name": "moons", "splits": {"train": 8,
+                    "val": 8, "test": 8}}, metrics={"test_bits_per_dim": 1.0, "test_nll_nats": 1.39},
+                    reference=torch.randn(64, 2))
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+import math
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models import Flow
+from models.export import EXPORTED_METHODS, to_torchscript
+
+__all__ = ["EAGER_TOLERANCE", "ROUNDTRIP_TOLERANCE", "ExportError", "export_artifact", "export_checkpoint"]
+
+FORMAT_VERSION = 1
+EAGER_TOLERANCE = 1e-4
+ROUNDTRIP_TOLERANCE = {"image": 1e-2, "vector": 1e-4}
+MAX_REFERENCE_SCORES = 10_000
+
+
+class ExportError(ValueError):
+    """The artifact failed verification and was not written."""
+
+
+def export_artifact(
+    flow: Flow,
+    out_dir: str | Path,
+    *,
+    name: str,
+    dataset: dict[str, Any],
+    metrics: dict[str, float],
+    reference: Tensor,
+    config: dict[str, Any] | None = None,
+    version: str = "1.0.0",
+) -> dict[str, Any]:
+    """Export ``flow`` to ``out_dir`` (replacing an existing artifact only once the new one is verified).
+
+    Args:
+        flow: a trained flow (not modified).
+        out_dir: the artifact folder, e.g. ``model_store/mnist``.
+        name: artifact name.
+        dataset: ``{"name": str, "splits": {"train": int, "val": int, "test": int}}``.
+        metrics: at least ``test_bits_per_dim`` and ``test_nll_nats`` (floats); more keys are kept.
+        reference: held-out items never trained on (the validation split), ``(N, *event_shape)`` in data space
+            (8-bit pixel values for images). Their per-item scores, computed by the exported module, become
+            ``reference_scores``; they also serve as verification inputs.
+        config: the resolved training configuration (plain dict) for the card.
+        version: artifact version.
+
+    Returns:
+        The card (also written as ``card.json``).
+
+    Raises:
+        ExportError: verification failed; nothing was written to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    for key in ("test_bits_per_dim", "test_nll_nats"):
+        if not isinstance(metrics.get(key), int | float) or not math.isfinite(metrics[key]):
+            raise ExportError(f"expected a finite number for metrics['{key}'], got {metrics.get(key)!r}")
+    if tuple(reference.shape[1:]) != tuple(flow.event_shape) or len(reference) < 2:
+        raise ExportError(f"expected reference items of shape (N >= 2, {list(flow.event_shape)}), "
+                          f"got {list(reference.shape)}")
+    reference = reference[:MAX_REFERENCE_SCORES].float().cpu()
+    eager = copy.deepcopy(flow).float().cpu().eval()
+    scripted = to_torchscript(eager)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    try:
+        model_path = tmp_dir / "model.ts"
+        scripted.save(str(model_path))
+        sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        loaded = torch.jit.load(str(model_path), map_location="cpu")  # verify what the service will load
+        verify_module(loaded, eager, reference)
+        with torch.no_grad():
+            log_likelihood = torch.cat([loaded.log_prob(batch) for batch in reference.split(500)]).double()
+        bits = -log_likelihood / (flow.dim * math.log(2.0))
+        card = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "flow_type": type(flow).__name__,
+            "data_kind": flow.data_kind,
+            "shape": list(flow.event_shape),
+            "dimension": flow.dim,
+            "value_range": [0, 255] if flow.data_kind == "image" else None,
+            "dataset": {"name": str(dataset["name"]), "splits": {k: int(v) for k, v in dataset["splits"].items()}},
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "num_parameters": flow.num_parameters(),
+            "training_config": config or {},
+            "torch_version": torch.__version__,
+            "created_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sha256": sha256,
+            "reference_scores": {
+                "split": "val",
+                "log_likelihood": [round(float(v), 6) for v in log_likelihood],
+                "bits_per_dim": [round(float(v), 6) for v in bits],
+            },
+        }
+        (tmp_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        if hashlib.sha256((tmp_dir / "model.ts").read_bytes()).hexdigest() != sha256:
+            raise ExportError("model.ts changed on disk during export")
+        _move_into_place(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return card
+
+
+def _close(actual: Tensor, expected: Tensor, tolerance: float) -> bool:
+    return bool(((actual - expected).abs() <= tolerance * (1.0 + expected.abs())).all())
+
+
+@torch.no_grad()
+def verify_module(module: torch.jit.ScriptModule, eager: Flow, reference: Tensor) -> None:
+    """Check a loaded TorchScript module against the eager flow on held-out items (see module docstring).
+
+    Raises:
+        ExportError: on the first failed check, saying which and by how much.
+    """
+    for method in EXPORTED_METHODS:
+        if not hasattr(module, method):
+            raise ExportError(f"the TorchScript module lacks method '{method}'")
+    kind = eager.data_kind
+    x = reference[:8]  # (B, *shape)
+    # Continuous points for encode/decode: bin centres of real 8-bit images, raw vectors.
+    x_continuous = x + 0.5 if kind == "image" else x
+    checks = {
+        "log_prob": (module.log_prob(x), eager.log_prob(x)),
+        "encode z": (module.encode(x_continuous)[0], eager.encode(x_continuous)[0]),
+        "encode log_det": (module.encode(x_continuous)[1], eager.encode(x_continuous)[1]),
+    }
+    z = eager.encode(x_continuous)[0]
+    checks["decode"] = (module.decode(z), eager.decode(z))
+    for label, (actual, expected) in checks.items():
+        if not torch.isfinite(actual).all():
+            raise ExportError(f"TorchScript {label} is not finite on held-out data")
+        if actual.shape != expected.shape or not _close(actual, expected, EAGER_TOLERANCE):
+            diff = (actual - expected).abs().max().item() if actual.shape == expected.shape else math.inf
+            raise ExportError(f"TorchScript {label} differs from the eager flow by {diff:.3g} "
+                              f"(tolerance {EAGER_TOLERANCE} relative to 1 + |value|)")
+    roundtrip = module.decode(module.encode(x_continuous)[0])
+    error = (roundtrip - x_continuous).abs()
+    bound = ROUNDTRIP_TOLERANCE[kind] * (1.0 if kind == "image" else 1.0 + x_continuous.abs())
+    if not torch.isfinite(roundtrip).all() or not bool((error <= bound).all()):
+        raise ExportError(f"round trip decode(encode(x)) misses x by {error.max().item():.3g} "
+                          f"(tolerance {ROUNDTRIP_TOLERANCE[kind]})")
+    batched_lp, batched_x = module.log_prob(x), module.decode(z)
+    for i in range(min(3, len(x))):  # a few rows alone: each shape costs a TorchScript specialization
+        single_lp, single_x = module.log_prob(x[i: i + 1]), module.decode(z[i: i + 1])
+        if not _close(batched_lp[i: i + 1], single_lp, EAGER_TOLERANCE) or not _close(
+                batched_x[i: i + 1], single_x, EAGER_TOLERANCE):
+            raise ExportError(f"batch rows are not independent: row {i} of a batch of {len(x)} differs from "
+                              "the same item alone")
+    # A permuted batch must give permuted outputs (catches mixing between rows of equal size).
+    permutation = torch.arange(len(x) - 1, -1, -1)
+    if not _close(module.log_prob(x[permutation]), batched_lp[permutation], EAGER_TOLERANCE):
+        raise ExportError("batch rows are not independent: reversing the batch changes the outputs")
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    """Rename ``tmp_dir`` to ``out_dir``; an old artifact is moved aside first and deleted after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+    tmp_dir.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: str | None = None,
+                      version: str = "1.0.0", device: str = "cpu") -> dict[str, Any]:
+    """Export a training checkpoint: test metrics on the test split, reference scores on the validation split.
+
+    Returns:
+        The card.
+    """
+    from training.checkpoint import check_same_data, load_flow
+    from training.config import config_to_dict
+    from training.data import load_data
+    from training.evaluate import log_likelihoods, summarize
+
+    flow, checkpoint = load_flow(checkpoint_path, device=device)
+    data = load_data(checkpoint.config.data)
+    check_same_data(checkpoint, data, str(checkpoint_path))
+    batch = checkpoint.config.train.eval_batch_size
+    test = summarize(log_likelihoods(flow, data.split("test"), batch, device), flow.dim)
+    val = summarize(log_likelihoods(flow, data.split("val"), batch, device), flow.dim)
+    metrics = {
+        "test_bits_per_dim": test["bits_per_dim"],
+        "test_nll_nats": test["nll_nats"],
+        "test_log_likelihood_nats": test["log_likelihood"],
+        "val_bits_per_dim": val["bits_per_dim"],
+        "epochs": float(checkpoint.epoch),
+        "steps": float(checkpoint.step),
+        "training_seconds": float(checkpoint.extra.get("elapsed_s", 0.0)),
+    }
+    return export_artifact(
+        flow.cpu(), out_dir, name=name or Path(out_dir).name, dataset={"name": data.name, "splits": data.sizes},
+        metrics=metrics, reference=data.split("val"), config=config_to_dict(checkpoint.config), version=version,
+    )
