@@ -2,7 +2,7 @@
 #
 #   CPU (default):  DOCKER_BUILDKIT=1 docker build -t realnvp-service:cpu .
 #   CUDA:           DOCKER_BUILDKIT=1 docker build -t realnvp-service:cuda \
-#                     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 \
 #                     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 #   Behind a TLS-intercepting proxy: add `--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt` (used by pip
 #   during the build only, never stored in a layer).
@@ -62,6 +62,8 @@ RUN --mount=type=secret,id=ca \
 
 # --- runtime: a venv with the wheels, the bundled models, a non-root user ------------------------------------
 FROM base AS runtime
+LABEL org.opencontainers.image.title="realnvp-service" \
+      org.opencontainers.image.description="RealNVP normalizing flows over HTTP (sampling, log-likelihood)"
 RUN groupadd --system --gid 10001 realnvp \
     && useradd --system --uid 10001 --gid realnvp --home-dir /app --create-home --shell /usr/sbin/nologin realnvp \
     && install -d -o realnvp -g realnvp /app/runs

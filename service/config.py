@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     Build one per app (``create_app(Settings())``); nothing reads the environment at import time.
     """
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     model_dir: Path = Field(
         default=BUNDLED_MODEL_DIR,
@@ -28,9 +28,15 @@ class Settings(BaseSettings):
         description="Model used when a request omits `model`; unset means the only model, if exactly one.",
     )
     device: str = Field(default="auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.")
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Intra-op threads of the inference thread; 0 keeps torch's default (one per core). On a small "
+        "or shared machine 1 avoids oversubscription.",
+    )
     max_batch_size: int = Field(default=64, ge=1, description="Most samples merged into one forward pass.")
     max_wait_ms: float = Field(
-        default=5.0,
+        default=2.0,
         ge=0,
         description="Longest a batch waits for more work, counted from the arrival of its first request.",
     )

@@ -25,6 +25,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 413 for a declared oversize body, else pass on with a counting ``receive``."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -80,10 +81,12 @@ class RequestMetrics:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on and record its endpoint, model, status and latency."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
+        # A per-request copy (as uvicorn makes; some ASGI test harnesses share one dict between requests).
+        state = scope["state"] = dict(scope.get("state") or {})
         started = time.perf_counter()
         status = 500
 

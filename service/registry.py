@@ -64,7 +64,12 @@ class ModelRegistry:
         """The single worker thread that runs all torch work of ``device``."""
         key = str(device)
         if key not in self._executors:
-            self._executors[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torch-{key}")
+            self._executors[key] = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"torch-{key}",
+                initializer=_configure_torch_thread,
+                initargs=(self._settings.torch_threads,),
+            )
         return self._executors[key]
 
     def discover(self) -> None:
@@ -188,6 +193,12 @@ class ModelRegistry:
         for executor in self._executors.values():
             executor.shutdown(wait=True)
         self._executors.clear()
+
+
+def _configure_torch_thread(threads: int) -> None:
+    """Runs once in each device thread: its intra-op parallelism (``TORCH_THREADS``; 0 keeps torch's)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def _load_and_warm(directory: Path, device: torch.device, warm_sizes: tuple[int, ...]) -> ModelRunner:

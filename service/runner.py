@@ -2,6 +2,12 @@
 
 No HTTP and no queues here. Methods run synchronously on the caller's thread (the batcher calls them from the
 device's executor thread) and take and return CPU tensors.
+
+TorchScript's profiling executor re-specialises a graph for the input shapes it has seen, so the same row could
+be computed by different kernels depending on the batch sizes served before (bitwise differences that break
+seeded reproducibility) and the first calls at each new batch size are slow. ``torch.jit.freeze`` has already
+optimised the exported graph, so calls run it as-is (``torch.jit.optimized_execution(False)``, a thread-local
+switch).
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ def read_card(directory: Path) -> ModelCard:
         raise ArtifactError(f"{path}: expected a model card, got no such file") from exc
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'card'}: {err['msg']}" for err in exc.errors()[:5]
+            f"{'.'.join(str(p) for p in err['loc']) or 'card'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()[:5]
         )
         raise ArtifactError(f"{path}: invalid card: {problems}") from exc
 
@@ -83,12 +90,14 @@ class ModelRunner:
         card: the validated card.
         module: the loaded TorchScript module, on ``device``.
         device: where the module runs.
+        module_path: the ``model.ts`` it was loaded from (named in errors).
     """
 
     name: str
     card: ModelCard
     module: torch.jit.ScriptModule
     device: torch.device
+    module_path: Path
 
     @classmethod
     def load(cls, directory: Path, device: torch.device) -> ModelRunner:
@@ -114,7 +123,7 @@ class ModelRunner:
                 f"{module_path}: expected methods {list(REQUIRED_METHODS)}, got a module without {missing}"
             )
         module.eval()
-        return cls(name=directory.name, card=card, module=module, device=device)
+        return cls(name=directory.name, card=card, module=module, device=device, module_path=module_path)
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -128,19 +137,29 @@ class ModelRunner:
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Data ``(B, *shape)`` → ``(z (B, D), log_det (B,))``, on CPU, float32."""
-        z, log_det = self.module.encode(x.to(self.device, torch.float32))
+        with torch.jit.optimized_execution(False):
+            z, log_det = self.module.encode(x.to(self.device, torch.float32))
         return z.to("cpu", torch.float32), log_det.to("cpu", torch.float32)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent ``(B, D)`` → data ``(B, *shape)`` in the module's continuous data space, on CPU."""
-        return self.module.decode(z.to(self.device, torch.float32)).to("cpu", torch.float32)
+        with torch.jit.optimized_execution(False):
+            return self.module.decode(z.to(self.device, torch.float32)).to("cpu", torch.float32)
+
+    def reference_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's own ``log_prob`` of data ``(B, *shape)``, float64 on CPU (used to check the contract)."""
+        with torch.jit.optimized_execution(False):
+            return self.module.log_prob(x.to(self.device, torch.float32)).to("cpu", torch.float64)
 
     def scoring_input(self, x: torch.Tensor) -> torch.Tensor:
         """What ``encode`` receives for a data item: 8-bit pixels move to their bin centre, vectors stay."""
         return x + DEQUANTIZATION_OFFSET if self.card.is_image else x
 
     def log_likelihood(self, z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
-        """``log N(z) + log_det`` in nats, float64 ``(B,)``: equals ``log_prob(x)`` for ``z = encode(scoring_input(x))``."""
+        """``log N(z) + log_det`` in nats, float64 ``(B,)``.
+
+        Equals the module's ``log_prob(x)`` for ``(z, log_det) = encode(scoring_input(x))`` (checked at warm-up).
+        """
         return standard_normal_log_density(z) + log_det.to(torch.float64)
 
     def bits_per_dim(self, log_likelihood: torch.Tensor) -> torch.Tensor:
@@ -154,16 +173,16 @@ class ModelRunner:
             return torch.randint(0, 256, (batch_size, *self.item_shape), generator=generator).float()
         return torch.randn(batch_size, *self.item_shape, generator=generator)
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), repeats: int = 3) -> None:
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), repeats: int = 2) -> None:
         """Run every method a few times and check the outputs against the contract.
 
-        Repeated calls let TorchScript's profiling executor specialise before real traffic arrives.
+        The first calls allocate the kernels' workspaces, so real traffic does not pay for them.
 
         Raises:
             ArtifactError: a method fails, returns the wrong shape, non-finite values, or a ``log_prob`` that
                 disagrees with ``log N(encode(x).z) + log_det``.
         """
-        where = f"model_store entry {self.name!r} ({MODULE_FILE})"
+        where = str(self.module_path)
         try:
             with torch.inference_mode():
                 for batch_size in batch_sizes:
@@ -186,7 +205,7 @@ class ModelRunner:
         decoded = self.decode(z)
         if tuple(decoded.shape) != (batch_size, *self.item_shape):
             raise ArtifactError(f"decode: expected shape {(batch_size, *self.item_shape)}, got {tuple(decoded.shape)}")
-        reference = self.module.log_prob(x.to(self.device)).to("cpu", torch.float64)
+        reference = self.reference_log_prob(x)
         if tuple(reference.shape) != (batch_size,):
             raise ArtifactError(f"log_prob: expected shape ({batch_size},), got {tuple(reference.shape)}")
         derived = self.log_likelihood(z, log_det)

@@ -8,6 +8,7 @@ Examples::
     python -m training evaluate --checkpoint runs/mnist/best.pt --split test --samples 16
     python -m training sample --checkpoint runs/mnist/best.pt --n 64 --temperature 0.7 --out grid.png
     python -m training export --checkpoint runs/mnist/best.pt --out model_store/mnist
+    python -m training curves --metrics runs/mnist/metrics.jsonl --out docs/mnist_curve.png
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, required=True)
     sample.add_argument("--device", default="cpu")
 
+    curves = commands.add_parser("curves", help="PNG of the training curves of a run's metrics.jsonl")
+    curves.add_argument("--metrics", type=Path, required=True, help="e.g. runs/mnist/metrics.jsonl")
+    curves.add_argument("--out", type=Path, required=True)
+    curves.add_argument("--title", default="")
+
     export = commands.add_parser("export", help="write and verify a model_store artifact")
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True, help="artifact folder, e.g. model_store/mnist")
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "curves":
+            return _curves(args)
         return _export(args)
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -122,20 +130,37 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from training.checkpoint import load_flow
+    from training.data import load_data
     from training.plots import save_image_grid, save_vector_samples
 
     if args.n < 1 or not args.temperature > 0:
         raise ConfigError(f"expected --n >= 1 and --temperature > 0, got {args.n} and {args.temperature}")
-    flow, _ = load_flow(args.checkpoint, device=args.device)
+    flow, checkpoint = load_flow(args.checkpoint, device=args.device)
     with torch.no_grad():
         samples = flow.sample(args.n, args.temperature, generator=torch.Generator().manual_seed(args.seed))
     if flow.data_kind == "image":
         path = save_image_grid(samples, args.out, scale=max(1, 64 // flow.event_shape[-1]))
     else:
-        path = save_vector_samples(samples, args.out)
+        try:  # held-out data next to the samples, when the data set is at hand
+            reference = load_data(checkpoint.config.data).split("val")
+        except DataError:
+            reference = None
+        path = save_vector_samples(samples, args.out, reference=reference, title=checkpoint.config.name, flow=flow)
         if path is None:
             raise ConfigError("plotting vector samples needs matplotlib (optional 'data' extra) and D <= 2")
     print(json.dumps({"out": str(path), "n": args.n, "temperature": args.temperature}))
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from training.plots import plot_training_curves
+
+    if not args.metrics.is_file():
+        raise ConfigError(f"metrics file '{args.metrics}' does not exist")
+    path = plot_training_curves(args.metrics, args.out, title=args.title)
+    if path is None:
+        raise ConfigError("plotting curves needs matplotlib (optional 'data' extra)")
+    print(json.dumps({"out": str(path)}))
     return 0
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from models import Flow, NVPNet, PiecewiseLinearFlow, RealNVP
 from training.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
@@ -86,13 +85,6 @@ def build_flow(model: ModelConfig, kind: str, shape: tuple[int, ...] | list[int]
     if shape[0] != 1:
         raise ConfigError(f"model.type = 'PiecewiseLinearFlow' needs 1-D data, got dimension {shape[0]}")
     return PiecewiseLinearFlow(model.num_bins, model.xmin, model.xmax)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The flow inside ``DistributedDataParallel`` / training wrappers."""
-    while hasattr(module, "module") or hasattr(module, "flow"):
-        module = module.module if hasattr(module, "module") else module.flow
-    return module
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:

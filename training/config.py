@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 GENERATED_DATASETS = ("moons", "circles", "checkerboard", "rings", "bimodal")
 BUNDLED_DATASETS = ("mnist5k", "digits")

@@ -173,6 +173,8 @@ class _CifarUnpickler(pickle.Unpickler):
     ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
@@ -265,8 +267,10 @@ def read_idx(file: Path) -> np.ndarray:
 
 
 def read_mnist_idx(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """MNIST-format images in IDX: a single image file, or a folder with ``train-images-idx3-ubyte[.gz]`` and
-    optionally ``t10k-images-idx3-ubyte[.gz]``.
+    """MNIST-format images in IDX.
+
+    ``path`` is a single image file, or a folder with ``train-images-idx3-ubyte[.gz]`` and optionally
+    ``t10k-images-idx3-ubyte[.gz]``.
 
     Returns:
         ``(train, test)``: ``uint8 (N, 1, H, W)``; ``test`` is None without a ``t10k`` file.

@@ -52,8 +52,10 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None, p
 
 
 def save_vector_samples(samples: Tensor, path: str | Path, reference: Tensor | None = None,
-                        title: str = "") -> Path | None:
+                        title: str = "", flow: torch.nn.Module | None = None) -> Path | None:
     """Scatter plot (2-D) or histogram (1-D) of samples ``(N, D)``, next to reference data when given.
+
+    For 1-D data and a ``flow``, the model density ``exp(log_prob)`` is drawn over each histogram.
 
     Returns:
         The path, or None when matplotlib is missing or ``D > 2``.
@@ -70,6 +72,13 @@ def save_vector_samples(samples: Tensor, path: str | Path, reference: Tensor | N
             ax.set_aspect("equal")
         else:
             ax.hist(values[:, 0], bins=80, density=True, alpha=0.8)
+            if flow is not None:
+                low, high = ax.get_xlim()
+                grid = torch.linspace(low, high, 400)[:, None]
+                with torch.no_grad():
+                    density = flow.log_prob(grid.to(next(flow.parameters()).device)).exp().cpu()
+                ax.plot(grid[:, 0].numpy(), density.numpy(), "k-", lw=1.2, label="model density")
+                ax.legend()
         ax.set_title(f"{title} {label}".strip())
     if len(panels) == 2 and samples.shape[1] == 2:  # same axes for a fair comparison
         low = np.minimum(samples.min(0), panels[1][1].min(0))
@@ -114,7 +123,7 @@ def plot_training_curves(metrics_file: str | Path, path: str | Path, title: str 
     return _save(fig, path)
 
 
-def _pyplot():  # noqa: ANN202 - the module or None
+def _pyplot():
     try:
         import matplotlib
 
@@ -125,7 +134,7 @@ def _pyplot():  # noqa: ANN202 - the module or None
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:  # noqa: ANN001
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

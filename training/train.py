@@ -9,10 +9,7 @@ from a checkpoint, even one written mid-epoch at Ctrl-C, takes exactly the steps
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,6 +35,7 @@ from training.config import ConfigError, TrainConfig, config_to_dict
 from training.data import DataSplits, load_data
 from training.evaluate import log_likelihoods, summarize
 from training.plots import save_image_grid, save_vector_samples
+from training.runtime import MetricsLog, StopFlag, agree, choose_device, fits_on_gpu, setup_distributed
 
 # Keys that may change when resuming (they do not change which steps are taken).
 RESUMABLE_KEYS = frozenset({
@@ -236,38 +234,6 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def setup_distributed(config: TrainConfig) -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)``; joins the process group when started by ``torchrun``."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        cuda = config.train.device != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def choose_device(name: str, local_rank: int = 0) -> torch.device:
-    """CUDA when present (``auto``), else CPU; ``cuda`` means this process's GPU under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = '{name}' but no CUDA device is available; use 'auto' or 'cpu'")
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
-
-
-def fits_on_gpu(items: Tensor, device: torch.device) -> bool:
-    """Whether a split takes under a quarter of the free GPU memory."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return items.numel() * items.element_size() < free // 4
-
-
 def get_lr(step: int, config: TrainConfig, total_steps: int) -> float:
     """Linear warm-up to ``optim.lr``, then constant or cosine decay to ``optim.min_lr``."""
     optim = config.optim
@@ -305,20 +271,18 @@ def make_ema(flow: Flow) -> Flow:
 
 @torch.no_grad()
 def update_ema(ema: Flow, flow: Flow, decay: float) -> None:
-    """``ema ← decay · ema + (1 − decay) · flow`` for parameters; buffers (BN statistics) are copied."""
+    """``ema ← decay · ema + (1 − decay) · flow`` for parameters and float buffers (batch-norm statistics).
+
+    Averaging the batch-norm statistics as well matters: running statistics of the current weights do not fit
+    the averaged weights, and a flow's eval-mode likelihood can then diverge.
+    """
     for ema_p, p in zip(ema.parameters(), flow.parameters(), strict=True):
         ema_p.lerp_(p, 1.0 - decay)
     for ema_b, b in zip(ema.buffers(), flow.buffers(), strict=True):
-        ema_b.copy_(b)
-
-
-def agree(finite: bool, stop: bool, world_size: int, device: torch.device) -> tuple[bool, bool]:
-    """All processes take the same decision: skip the step if any saw a bad loss; stop if any was signalled."""
-    if world_size == 1:
-        return finite, stop
-    flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop else 0.0], device=device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return flags[0].item() == 0.0, flags[1].item() == 1.0
+        if ema_b.is_floating_point():
+            ema_b.lerp_(b, 1.0 - decay)
+        else:
+            ema_b.copy_(b)
 
 
 def check_resumable(checkpoint: Checkpoint, config: TrainConfig, data: DataSplits, where: str) -> None:
@@ -362,62 +326,3 @@ def write_samples(flow: Flow, config: TrainConfig, data: DataSplits, path: Path)
     if data.kind == "image":
         return save_image_grid(samples, path, scale=max(1, 64 // data.shape[-1]))
     return save_vector_samples(samples, path, reference=data.split("val"), title=data.name)
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a request to stop at the end of the current step (a second Ctrl-C kills)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopFlag:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: signals stay as they are
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-class MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl`` (and TensorBoard scalars when tensorboard is installed)."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = path
-        self.writer = None
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:
-                pass
-
-    def write(self, **record: Any) -> None:
-        """Append one record; numbers also go to TensorBoard under ``kind/name``."""
-        if not self.enabled:
-            return
-        record["time"] = time.time()
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float) and key not in ("time",):
-                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        """Flush TensorBoard."""
-        if self.writer is not None:
-            self.writer.close()

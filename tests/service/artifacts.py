@@ -84,7 +84,5 @@ def build_store(root: Path) -> Path:
     write_artifact(
         root / "digits", image_flow(), flow_type="RealNVP", data_kind="image", shape=[1, 8, 8], value_range=[0, 255]
     )
-    write_artifact(
-        root / "moons", vector_flow(), flow_type="NVPNet", data_kind="vector", shape=[2], value_range=None
-    )
+    write_artifact(root / "moons", vector_flow(), flow_type="NVPNet", data_kind="vector", shape=[2], value_range=None)
     return root

@@ -40,7 +40,10 @@ async def test_a_rows_score_does_not_depend_on_its_batch(open_client) -> None:
         ]
     async with open_client(MAX_BATCH_SIZE=32, MAX_WAIT_MS=100) as client:
         requests = [client.post("/log-likelihood", json={"model": "digits", "inputs": [p]}) for p in pixels]
-        busy = [client.post("/log-likelihood", json={"model": "digits", "inputs": noise[i : i + 5]}) for i in range(0, 40, 5)]
+        busy = [
+            client.post("/log-likelihood", json={"model": "digits", "inputs": noise[i : i + 5]})
+            for i in range(0, 40, 5)
+        ]
         answers = await asyncio.gather(*requests, *busy)
         batched = [r.json()["log_likelihood"][0] for r in answers[: len(pixels)]]
         text = (await client.get("/metrics")).text

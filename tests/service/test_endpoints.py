@@ -80,8 +80,12 @@ async def test_temperature_scales_the_latent(client: httpx.AsyncClient) -> None:
     # decode(T z) with the same z: encoding the samples back must give latents proportional to T.
     cold = (await client.post("/sample", json={"model": "moons", "n": 3, "seed": 5, "temperature": 0.5})).json()
     hot = (await client.post("/sample", json={"model": "moons", "n": 3, "seed": 5, "temperature": 1.0})).json()
-    z_cold = np.array((await client.post("/encode", json={"model": "moons", "inputs": cold["samples"]})).json()["latents"])
-    z_hot = np.array((await client.post("/encode", json={"model": "moons", "inputs": hot["samples"]})).json()["latents"])
+    z_cold = np.array(
+        (await client.post("/encode", json={"model": "moons", "inputs": cold["samples"]})).json()["latents"]
+    )
+    z_hot = np.array(
+        (await client.post("/encode", json={"model": "moons", "inputs": hot["samples"]})).json()["latents"]
+    )
     np.testing.assert_allclose(2 * z_cold, z_hot, atol=1e-4)
 
 
@@ -110,7 +114,9 @@ async def test_log_likelihood_matches_the_module(client: httpx.AsyncClient) -> N
 
 async def test_log_likelihood_from_json_images_and_multipart_agree(client: httpx.AsyncClient) -> None:
     pixels = digit_images(2, seed=4)
-    from_inputs = (await client.post("/log-likelihood", json={"inputs": pixels[:, None].tolist(), "model": "digits"})).json()
+    from_inputs = (
+        await client.post("/log-likelihood", json={"inputs": pixels[:, None].tolist(), "model": "digits"})
+    ).json()
     from_images = (
         await client.post("/log-likelihood", json={"model": "digits", "images": [png_b64(p) for p in pixels]})
     ).json()
@@ -184,8 +190,13 @@ async def test_interpolate_manifold_grid(client: httpx.AsyncClient) -> None:
     images = (
         await client.post(
             "/interpolate",
-            json={"model": "digits", "images": [png_b64(p) for p in digit_images(4)], "steps": 3,
-                  "method": "manifold", "format": "png"},
+            json={
+                "model": "digits",
+                "images": [png_b64(p) for p in digit_images(4)],
+                "steps": 3,
+                "method": "manifold",
+                "format": "png",
+            },
         )
     ).json()["images"]
     assert len(images) == 9
@@ -211,9 +222,17 @@ async def test_model_may_be_omitted_with_one_model(open_client, store) -> None:
 async def test_openapi_documents_every_endpoint_with_examples(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     expected = {
-        ("post", "/sample"), ("get", "/sample.png"), ("post", "/log-likelihood"), ("post", "/encode"),
-        ("post", "/decode"), ("post", "/interpolate"), ("get", "/models"), ("get", "/models/{name}"),
-        ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"),
+        ("post", "/sample"),
+        ("get", "/sample.png"),
+        ("post", "/log-likelihood"),
+        ("post", "/encode"),
+        ("post", "/decode"),
+        ("post", "/interpolate"),
+        ("get", "/models"),
+        ("get", "/models/{name}"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
     }
     found = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert expected <= found

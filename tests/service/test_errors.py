@@ -29,7 +29,9 @@ def huge_png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 async def expect(response: httpx.Response, status: int, *fragments: str) -> None:
@@ -60,7 +62,9 @@ async def test_sample_422(client: httpx.AsyncClient, body: dict, fragments: list
 
 
 async def test_unknown_model_404(client: httpx.AsyncClient) -> None:
-    await expect(await client.post("/sample", json={"model": "cifar"}), 404, "expected one of ['digits', 'moons']", "'cifar'")
+    await expect(
+        await client.post("/sample", json={"model": "cifar"}), 404, "expected one of ['digits', 'moons']", "'cifar'"
+    )
     await expect(await client.get("/models/cifar"), 404, "'cifar'")
     await expect(await client.post("/encode", json={"model": "cifar", "inputs": [[0, 0]]}), 404, "'cifar'")
 
@@ -74,7 +78,10 @@ async def test_n_and_items_over_limits_413(open_client) -> None:
         await expect(await client.post("/sample", json={"model": "moons", "n": 5}), 413, "MAX_SAMPLES = 4", "got 5")
         await expect(await client.get("/sample.png", params={"model": "digits", "n": 5}), 413, "got 5")
         await expect(
-            await client.post("/log-likelihood", json={"model": "moons", "inputs": [[0, 0]] * 5}), 413, "inputs", "got 5"
+            await client.post("/log-likelihood", json={"model": "moons", "inputs": [[0, 0]] * 5}),
+            413,
+            "inputs",
+            "got 5",
         )
         await expect(
             await client.post("/decode", json={"model": "moons", "latents": [[0, 0]] * 5}), 413, "latents", "got 5"
@@ -84,11 +91,18 @@ async def test_n_and_items_over_limits_413(open_client) -> None:
         files = [("files", (f"{i}.png", base64.b64decode(t), "image/png")) for i, t in enumerate(images)]
         await expect(await client.post("/encode", data={"model": "digits"}, files=files), 413, "files")
         await expect(
-            await client.post("/interpolate", json={"model": "moons", "inputs": [[0, 0]] * 4, "method": "manifold", "steps": 3}),
-            413, "steps x steps", "got 9",
+            await client.post(
+                "/interpolate", json={"model": "moons", "inputs": [[0, 0]] * 4, "method": "manifold", "steps": 3}
+            ),
+            413,
+            "steps x steps",
+            "got 9",
         )
         await expect(
-            await client.post("/interpolate", json={"model": "moons", "inputs": [[0, 0]] * 2, "steps": 5}), 413, "steps", "got 5"
+            await client.post("/interpolate", json={"model": "moons", "inputs": [[0, 0]] * 2, "steps": 5}),
+            413,
+            "steps",
+            "got 5",
         )
 
 
@@ -104,7 +118,8 @@ async def test_body_over_limit_413(open_client) -> None:
 
         await expect(
             await client.post("/log-likelihood", content=chunks(), headers={"content-type": "application/json"}),
-            413, "MAX_BODY_BYTES",
+            413,
+            "MAX_BODY_BYTES",
         )
         small = {"model": "moons", "inputs": [[0.1, 0.2]]}
         assert (await client.post("/log-likelihood", json=small)).status_code == 200
@@ -130,16 +145,21 @@ async def test_bad_image_inputs_422(client: httpx.AsyncClient, inputs: object, f
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 async def test_non_finite_inputs_422(client: httpx.AsyncClient, token: str) -> None:
-    raw = '{"model": "moons", "inputs": [[0.0, %s]]}' % token
+    raw = '{"model": "moons", "inputs": [[0.0, TOKEN]]}'.replace("TOKEN", token)
     response = await client.post("/encode", content=raw, headers={"content-type": "application/json"})
     await expect(response, 422, "expected finite numbers")
-    raw = '{"model": "moons", "latents": [[0.0, %s]]}' % token
+    raw = '{"model": "moons", "latents": [[0.0, TOKEN]]}'.replace("TOKEN", token)
     response = await client.post("/decode", content=raw, headers={"content-type": "application/json"})
     await expect(response, 422, "expected finite numbers")
 
 
 async def test_latents_422(client: httpx.AsyncClient) -> None:
-    await expect(await client.post("/decode", json={"model": "moons", "latents": [[0, 0, 0]]}), 422, "expected shape [N, 2]", "got [1, 3]")
+    await expect(
+        await client.post("/decode", json={"model": "moons", "latents": [[0, 0, 0]]}),
+        422,
+        "expected shape [N, 2]",
+        "got [1, 3]",
+    )
     await expect(await client.post("/decode", json={"model": "moons", "latents": [[1e39, 0]]}), 422, "float32")
     await expect(await client.post("/decode", json={"model": "moons", "latents": []}), 422, "latents")
     await expect(await client.post("/decode", json={"model": "moons", "latents": [["x", 0]]}), 422, "latents")
@@ -167,8 +187,12 @@ async def test_bad_images_422(client: httpx.AsyncClient) -> None:
     await post(["not base64!!"], "images[0]", "undecodable base64")
     await post([base64.b64encode(b"hello, not an image").decode()], "images[0]", "expected a PNG or JPEG")
     await post([png_b64(np.zeros((9, 8), np.uint8))], "expected a 8x8 image", "got 8x9")
-    await post([png_b64(np.zeros((8, 8, 3), np.uint8), mode="RGB")], "expected mode 8-bit grayscale (L)", "got mode RGB")
-    await post([png_b64(np.zeros((8, 8), np.uint8)), png_b64(np.zeros((8, 8), np.uint8), mode="1")], "images[1]", "got mode 1")
+    await post(
+        [png_b64(np.zeros((8, 8, 3), np.uint8), mode="RGB")], "expected mode 8-bit grayscale (L)", "got mode RGB"
+    )
+    await post(
+        [png_b64(np.zeros((8, 8), np.uint8)), png_b64(np.zeros((8, 8), np.uint8), mode="1")], "images[1]", "got mode 1"
+    )
     buffer = io.BytesIO()
     Image.new("L", (8, 8)).save(buffer, format="GIF")
     await post([base64.b64encode(buffer.getvalue()).decode()], "expected a PNG or JPEG")
@@ -179,16 +203,30 @@ async def test_bad_images_422(client: httpx.AsyncClient) -> None:
     await post([bomb], "expected a 8x8 image", "decompression bomb")
     large = base64.b64encode(huge_png_header(5000, 4000)).decode()
     await post([large], "expected a 8x8 image", "got 5000x4000")
-    await expect(await client.post("/log-likelihood", json={"model": "moons", "images": [png_b64(np.zeros((8, 8)))]}), 422, "expected an image model")
-    await expect(await client.post("/log-likelihood", json={"model": "digits"}), 422, "exactly one of 'inputs' or 'images'", "neither")
+    await expect(
+        await client.post("/log-likelihood", json={"model": "moons", "images": [png_b64(np.zeros((8, 8)))]}),
+        422,
+        "expected an image model",
+    )
+    await expect(
+        await client.post("/log-likelihood", json={"model": "digits"}),
+        422,
+        "exactly one of 'inputs' or 'images'",
+        "neither",
+    )
     await expect(
         await client.post("/log-likelihood", json={"model": "digits", "inputs": GOOD_DIGIT, "images": ["x"]}),
-        422, "exactly one of",
+        422,
+        "exactly one of",
     )
 
 
 async def test_bad_multipart_422(client: httpx.AsyncClient) -> None:
-    await expect(await client.post("/encode", data={"model": "digits"}, files=[("files", ("a.png", b"nope", "image/png"))]), 422, "file 'a.png'")
+    await expect(
+        await client.post("/encode", data={"model": "digits"}, files=[("files", ("a.png", b"nope", "image/png"))]),
+        422,
+        "file 'a.png'",
+    )
     response = await client.post(
         "/encode", content=b"--xyz\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=xyz"}
     )
@@ -210,11 +248,20 @@ async def test_malformed_json_422(client: httpx.AsyncClient) -> None:
 
 async def test_interpolate_422(client: httpx.AsyncClient) -> None:
     two = [[0, 0], [1, 1]]
-    await expect(await client.post("/interpolate", json={"model": "moons", "inputs": two, "method": "manifold"}), 422, "expected 4 items", "got 2")
-    await expect(await client.post("/interpolate", json={"model": "moons", "inputs": two * 2}), 422, "expected 2 items", "got 4")
+    await expect(
+        await client.post("/interpolate", json={"model": "moons", "inputs": two, "method": "manifold"}),
+        422,
+        "expected 4 items",
+        "got 2",
+    )
+    await expect(
+        await client.post("/interpolate", json={"model": "moons", "inputs": two * 2}), 422, "expected 2 items", "got 4"
+    )
     await expect(await client.post("/interpolate", json={"model": "moons", "inputs": two, "steps": 1}), 422, "steps")
     await expect(await client.post("/interpolate", json={"model": "moons", "inputs": two, "steps": 65}), 422, "steps")
-    await expect(await client.post("/interpolate", json={"model": "moons", "inputs": two, "method": "cubic"}), 422, "method")
+    await expect(
+        await client.post("/interpolate", json={"model": "moons", "inputs": two, "method": "cubic"}), 422, "method"
+    )
 
 
 async def test_sample_png_query_422(client: httpx.AsyncClient) -> None:
@@ -232,8 +279,12 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
-FIELDS = st.sampled_from(["model", "n", "temperature", "seed", "format", "inputs", "images", "latents", "steps", "method"])
-BODIES = st.dictionaries(FIELDS, JSON_VALUES | st.sampled_from(["digits", "moons", "png", "slerp", "manifold"]), max_size=6)
+FIELDS = st.sampled_from(
+    ["model", "n", "temperature", "seed", "format", "inputs", "images", "latents", "steps", "method"]
+)
+BODIES = st.dictionaries(
+    FIELDS, JSON_VALUES | st.sampled_from(["digits", "moons", "png", "slerp", "manifold"]), max_size=6
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

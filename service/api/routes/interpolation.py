@@ -21,8 +21,11 @@ router = APIRouter(tags=["interpolation"])
 async def interpolate(
     body: InterpolateRequest, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
 ) -> Response:
-    """Encode 2 items and decode `steps` points between their latents (`linear` or `slerp`), or 4 items and a
-    `steps x steps` grid (`manifold`, Dinh et al. 2017 eq. 19; shape `[steps, steps, ...]`, PNGs row-major)."""
+    """Decode a path or grid between encoded items.
+
+    2 items: `steps` points from the first latent to the second (`linear` or `slerp`). 4 items with `manifold`:
+    the `steps x steps` grid of Dinh et al. (2017) eq. 19, shape `[steps, steps, ...]` (PNGs row-major).
+    """
     served = use_model(request, registry, body.model)
     card = served.card
     if body.format == "png":

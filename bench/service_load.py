@@ -1,0 +1,295 @@
+"""Load benchmark of the HTTP service (not a test): throughput and latency under concurrency, against references.
+
+For ``/log-likelihood`` (one image per request, base64 PNG) and ``/sample`` (``n=1``) on one model, at each
+concurrency (default 1, 8, 64), closed-loop async httpx clients send requests for ``--duration`` seconds and the
+script reports requests/s and p50/p95/p99 latency for
+
+* ``batched``: the service with the given batching settings (default: the service's defaults);
+* ``unbatched``: the same service with ``MAX_BATCH_SIZE=1``;
+* ``in_process``: the artifact itself (``torch.jit.load``), called in this process at the batch size the batched
+  server formed at that concurrency (its mean, read from ``/metrics``), with no server running.
+
+Goals (CPU): at concurrency 64, batched >= 0.8x in-process and >= 4x unbatched throughput; at concurrency 1,
+batched p50 within 3 ms of the in-process single-item time. JSON on stdout (and in ``--out``).
+
+    python bench/service_load.py                       # bundled model_store/mnist
+    python bench/service_load.py --model-dir /tmp/store --model mnist --duration 5 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ENDPOINTS = ("log-likelihood", "sample")
+DIRECTION = {"log-likelihood": "encode", "sample": "decode"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=REPO / "model_store")
+    parser.add_argument("--model", default="mnist")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per point")
+    parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
+    parser.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE of the batched server")
+    parser.add_argument("--max-wait-ms", type=float, default=None, help="MAX_WAIT_MS of the batched server")
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="TORCH_THREADS of both servers and of the in-process reference"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    return parser.parse_args()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def server(model_dir: Path, log_path: Path, **settings: Any) -> Iterator[str]:
+    """Run ``python -m service`` with the given settings; yield its base URL once /readyz is 200."""
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"}
+    env.update({key.upper(): str(value) for key, value in settings.items() if value is not None})
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        give_up = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=5)
+                if ready.status_code == 200:
+                    break
+                if ready.json().get("status") == "failed":
+                    raise RuntimeError(f"server not ready: {ready.text}")
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > give_up:
+                raise RuntimeError("server did not become ready in 300 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def batch_counters(url: str, model: str, direction: str) -> tuple[float, float]:
+    """``(batches, samples)`` so far from ``realnvp_batch_size_samples`` in /metrics."""
+    count = total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if f'model="{model}"' not in line or f'direction="{direction}"' not in line:
+            continue
+        if line.startswith("realnvp_batch_size_samples_count"):
+            count = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("realnvp_batch_size_samples_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
+def png_payloads(shape: list[int], count: int) -> list[str]:
+    """Random 8-bit images of the card's shape, as base64 PNG."""
+    rng = np.random.default_rng(0)
+    channels, height, width = shape
+    payloads = []
+    for _ in range(count):
+        pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(buffer, format="PNG")
+        payloads.append(base64.b64encode(buffer.getvalue()).decode())
+    return payloads
+
+
+def request_body(endpoint: str, model: str, index: int, images: list[str]) -> dict[str, Any]:
+    if endpoint == "log-likelihood":
+        return {"model": model, "images": [images[index % len(images)]]}
+    return {"model": model, "n": 1}
+
+
+async def load(
+    url: str, endpoint: str, model: str, concurrency: int, duration: float, images: list[str]
+) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` clients, each sending its next request as soon as the last one returns."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+
+        async def worker(worker_id: int, stop_at: float, record: bool) -> None:
+            index = worker_id
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                response = await client.post(f"/{endpoint}", json=request_body(endpoint, model, index, images))
+                if not record:
+                    continue
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
+                index += concurrency
+
+        warm_until = time.perf_counter() + min(2.0, duration / 4)
+        await asyncio.gather(*(worker(i, warm_until, False) for i in range(concurrency)))
+        before = batch_counters(url, model, DIRECTION[endpoint])
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i, started + duration, True) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        after = batch_counters(url, model, DIRECTION[endpoint])
+    batches, samples = after[0] - before[0], after[1] - before[1]
+    quantiles = np.percentile(np.array(latencies) * 1000, [50, 95, 99]) if latencies else [float("nan")] * 3
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(quantiles[0]),
+        "p95_ms": float(quantiles[1]),
+        "p99_ms": float(quantiles[2]),
+        "mean_batch_size": samples / batches if batches else None,
+    }
+
+
+def time_in_process(module: Any, endpoint: str, shape: list[int], batch_size: int, seconds: float) -> dict[str, float]:
+    """Median seconds per call of the artifact at ``batch_size``, in both TorchScript execution modes."""
+    dimension = int(np.prod(shape))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, *shape), generator=generator).float()
+
+    def call() -> None:
+        if endpoint == "log-likelihood":
+            module.log_prob(x)
+        else:
+            z = torch.randn(batch_size, dimension, generator=generator)
+            torch.floor(torch.clamp(module.decode(z), 0, 255)).to(torch.uint8)
+
+    result = {}
+    for name, optimize in (("as_served", False), ("jit_optimized", True)):
+        with torch.inference_mode(), torch.jit.optimized_execution(optimize):
+            for _ in range(3):
+                call()
+            times = []
+            stop_at = time.perf_counter() + seconds
+            while time.perf_counter() < stop_at or len(times) < 5:
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+        result[name] = statistics.median(times)
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    artifact = args.model_dir / args.model
+    if not (artifact / "model.ts").is_file():
+        sys.exit(f"no artifact at {artifact}: export one first (see README) or pass --model-dir/--model")
+    card = json.loads((artifact / "card.json").read_text())
+    if card["data_kind"] != "image":
+        sys.exit(f"this benchmark needs an image model, got {card['data_kind']!r}")
+    images = png_payloads(card["shape"], 256)
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    report: dict[str, Any] = {
+        "model": args.model,
+        "model_dir": str(args.model_dir),
+        "cpu_count": os.cpu_count(),
+        "duration_s": args.duration,
+        "settings": {
+            "batched": {"MAX_BATCH_SIZE": args.max_batch_size, "MAX_WAIT_MS": args.max_wait_ms},
+            "TORCH_THREADS": args.torch_threads,
+        },
+        "results": {},
+    }
+    threads = args.torch_threads
+    runs = {
+        "batched": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "torch_threads": threads},
+        "unbatched": {"max_batch_size": 1, "max_wait_ms": 0, "torch_threads": threads},
+    }
+    for mode, settings in runs.items():
+        with server(args.model_dir, logs / f"service_load_{mode}.log", **settings) as url:
+            for endpoint in args.endpoints:
+                for concurrency in args.concurrency:
+                    point = asyncio.run(load(url, endpoint, args.model, concurrency, args.duration, images))
+                    report["results"].setdefault(endpoint, {}).setdefault(str(concurrency), {})[mode] = point
+                    print(
+                        f"{mode:9s} {endpoint:14s} c={concurrency:<3d} {point['requests_per_s']:8.1f} req/s "
+                        f"p50 {point['p50_ms']:7.1f} ms  batch {point['mean_batch_size']}",
+                        file=sys.stderr,
+                    )
+    if threads > 0:
+        torch.set_num_threads(threads)
+    report["torch_threads"] = torch.get_num_threads()
+    module = torch.jit.load(str(artifact / "model.ts"), map_location="cpu")
+    for endpoint in args.endpoints:
+        single = time_in_process(module, endpoint, card["shape"], 1, 3.0)
+        for concurrency, point in report["results"][endpoint].items():
+            batch = max(1, round(point["batched"]["mean_batch_size"] or 1))
+            timing = single if batch == 1 else time_in_process(module, endpoint, card["shape"], batch, 2.0)
+            best = min(timing.values())
+            point["in_process"] = {
+                "batch_size": batch,
+                "seconds_per_batch": timing,
+                "requests_per_s": batch / best,
+                "single_item_ms": 1000 * min(single.values()),
+            }
+            print(
+                f"in-proc   {endpoint:14s} c={concurrency:<3s} {batch / best:8.1f} req/s at batch {batch}",
+                file=sys.stderr,
+            )
+    report["goals"] = evaluate(report["results"])
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+def evaluate(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's three goals per endpoint, with the measured ratios."""
+    goals: dict[str, Any] = {}
+    for endpoint, points in results.items():
+        entry: dict[str, Any] = {}
+        if "64" in points:
+            high = points["64"]
+            vs_in_process = high["batched"]["requests_per_s"] / high["in_process"]["requests_per_s"]
+            vs_unbatched = high["batched"]["requests_per_s"] / high["unbatched"]["requests_per_s"]
+            entry["c64_vs_in_process"] = {"ratio": vs_in_process, "goal": 0.8, "met": vs_in_process >= 0.8}
+            entry["c64_vs_unbatched"] = {"ratio": vs_unbatched, "goal": 4.0, "met": vs_unbatched >= 4.0}
+        if "1" in points:
+            low = points["1"]
+            gap = low["batched"]["p50_ms"] - low["in_process"]["single_item_ms"]
+            entry["c1_p50_gap_ms"] = {"gap_ms": gap, "goal": 3.0, "met": gap <= 3.0}
+        goals[endpoint] = entry
+    return goals
+
+
+if __name__ == "__main__":
+    main()

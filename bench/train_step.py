@@ -1,0 +1,101 @@
+"""Images per second of a full RealNVP training step (forward, loss, backward, clipping, Adam step).
+
+Measures the configs of the bundled ``mnist`` model and of the paper's CIFAR-10 setting on synthetic 8-bit
+images (the step's cost does not depend on the pixel values), on CPU and, when CUDA is present, on the GPU in
+float32 and with bf16 autocast. Prints one JSON document.
+
+    python bench/train_step.py                       # both configs, CPU (and CUDA when present)
+    python bench/train_step.py --configs mnist --threads 2 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import build_flow
+from training.config import load_config
+from training.train import LogProbObjective
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | None, steps: int,
+                    warmup: int) -> dict:
+    config = load_config(CONFIGS / f"{config_name}.toml")
+    shape = SHAPES[config_name]
+    batch_size = batch_size or config.train.batch_size
+    torch.manual_seed(0)
+    flow = build_flow(config.model, "image", shape).to(device).train()
+    objective = LogProbObjective(flow)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=config.optim.lr, betas=config.optim.betas)
+    scales = flow.weight_norm_scales()
+    x = torch.randint(0, 256, (batch_size, *shape), device=device).float()
+
+    def step() -> float:
+        noise = torch.rand_like(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+            log_prob = objective(x, noise)
+        loss = -log_prob.float().mean() / (flow.dim * math.log(2.0))
+        loss = loss + config.optim.weight_norm_l2 * sum((g.float() ** 2).sum() for g in scales)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        return loss.item()  # synchronizes
+
+    for _ in range(warmup):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    return {
+        "config": config_name, "shape": list(shape), "num_scales": config.model.num_scales,
+        "mid_channels": config.model.mid_channels, "num_blocks": config.model.num_blocks,
+        "parameters": flow.num_parameters(), "device": device, "precision": "bf16-autocast" if amp else "fp32",
+        "batch_size": batch_size, "steps": steps, "median_step_s": round(median, 4),
+        "images_per_s": round(batch_size / median, 2), "mean_images_per_s": round(batch_size * steps / sum(times), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["mnist", "cifar10"], choices=sorted(SHAPES))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: each config's batch size")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    runs = []
+    for name in args.configs:
+        runs.append(train_step_rate(name, "cpu", False, args.batch_size, args.steps, args.warmup))
+        if torch.cuda.is_available():
+            for amp in (False, True):
+                runs.append(train_step_rate(name, "cuda", amp, args.batch_size, args.steps, args.warmup))
+    report = {
+        "benchmark": "train_step", "torch": torch.__version__, "cpu_threads": args.threads,
+        "machine": platform.processor() or platform.machine(), "cuda": torch.cuda.is_available(), "runs": runs,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The run-time around the training loop: processes and devices, signals, the metrics log.
+
+Kept apart from ``training/train.py`` so the loop itself reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from training.config import ConfigError, TrainConfig
+
+
+def setup_distributed(config: TrainConfig) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)``; joins the process group when started by ``torchrun``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = config.train.device != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def choose_device(name: str, local_rank: int = 0) -> torch.device:
+    """CUDA when present (``auto``), else CPU; ``cuda`` means this process's GPU under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = '{name}' but no CUDA device is available; use 'auto' or 'cpu'")
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def fits_on_gpu(items: Tensor, device: torch.device) -> bool:
+    """Whether a split takes under a quarter of the free GPU memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return items.numel() * items.element_size() < free // 4
+
+
+def agree(finite: bool, stop: bool, world_size: int, device: torch.device) -> tuple[bool, bool]:
+    """All processes take the same decision: skip the step if any saw a bad loss; stop if any was signalled."""
+    if world_size == 1:
+        return finite, stop
+    flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop else 0.0], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags[0].item() == 0.0, flags[1].item() == 1.0
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop at the end of the current step (a second Ctrl-C kills)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopFlag:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (and TensorBoard scalars when tensorboard is installed)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = path
+        self.writer = None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, **record: Any) -> None:
+        """Append one record; numbers also go to TensorBoard under ``kind/name``."""
+        if not self.enabled:
+            return
+        record["time"] = time.time()
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float) and key not in ("time",):
+                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
