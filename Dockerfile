@@ -17,9 +17,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # --- base: a Python 3.10+ with venv, shared by both stages (the venv's interpreter path must match) ----------
 FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_INPUT=1
+    PYTHONUNBUFFERED=1
 # The official Python image and the debootstrap base (docker/build-base.sh) already have Python; a CUDA runtime
 # base (Ubuntu) gets its distribution's python3 + venv.
 RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
@@ -38,20 +36,24 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Pass-through for mirrors; proxies use Docker's predefined HTTP(S)_PROXY / NO_PROXY build args.
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
 RUN python3 -m venv /opt/build
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so that a source change does not re-resolve them: pip builds
-# the project from a tree with empty package folders, which declares the same dependencies.
-COPY pyproject.toml constraints.txt README.md ./
+# Dependencies first, from pyproject.toml + constraints.txt alone, so that a change of the sources or the README
+# does not re-resolve them: pip builds the project from a tree with no package sources (and a placeholder
+# README), which declares the same dependencies; that empty wheel of the project is thrown away.
+COPY pyproject.toml constraints.txt ./
 RUN --mount=type=secret,id=ca \
     --mount=type=bind,source=docker/wheels,target=/wheels-local \
     --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && touch README.md \
     && /opt/build/bin/pip wheel --wheel-dir /wheels/deps --find-links /wheels-local \
         ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
-    && rm /wheels/deps/realnvp_service-*.whl \
-    && ls /wheels/deps
+    && rm /wheels/deps/realnvp_service-*.whl
+COPY README.md ./
 COPY models ./models
 COPY training ./training
 COPY service ./service

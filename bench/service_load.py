@@ -24,6 +24,7 @@ import base64
 import io
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -38,6 +39,8 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
+
+from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("log-likelihood", "sample")
@@ -67,8 +70,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(model_dir: Path, log_path: Path, **settings: Any) -> Iterator[str]:
-    """Run ``python -m service`` with the given settings; yield its base URL once /readyz is 200."""
+def server(model_dir: Path, log_path: Path, **settings: Any) -> Iterator[tuple[str, int]]:
+    """Run ``python -m service`` with the given settings; yield ``(base URL, pid)`` once /readyz is 200."""
     port = free_port()
     env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"}
     env.update({key.upper(): str(value) for key, value in settings.items() if value is not None})
@@ -97,7 +100,7 @@ def server(model_dir: Path, log_path: Path, **settings: Any) -> Iterator[str]:
             if time.monotonic() > give_up:
                 raise RuntimeError("server did not become ready in 300 s")
             time.sleep(0.2)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
@@ -106,17 +109,45 @@ def server(model_dir: Path, log_path: Path, **settings: Any) -> Iterator[str]:
             process.kill()
 
 
-def batch_counters(url: str, model: str, direction: str) -> tuple[float, float]:
-    """``(batches, samples)`` so far from ``realnvp_batch_size_samples`` in /metrics."""
-    count = total = 0.0
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (Linux /proc), or of this process."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_histogram(url: str, model: str, direction: str) -> dict[float, float]:
+    """Cumulative bucket counts of ``realnvp_batch_size_samples`` (``le`` → count) from /metrics."""
+    buckets: dict[float, float] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if not line.startswith("realnvp_batch_size_samples_bucket"):
+            continue
         if f'model="{model}"' not in line or f'direction="{direction}"' not in line:
             continue
-        if line.startswith("realnvp_batch_size_samples_count"):
-            count = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("realnvp_batch_size_samples_sum"):
-            total = float(line.rsplit(" ", 1)[1])
-    return count, total
+        bound = line.split('le="', 1)[1].split('"', 1)[0]
+        buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def batch_sizes_formed(before: dict[float, float], after: dict[float, float], max_batch: int) -> dict[int, float]:
+    """Batches formed between two scrapes, as {representative size: count} (bucket midpoints)."""
+    formed: dict[int, float] = {}
+    lower, previous = 0.0, 0.0
+    for bound in sorted(after):
+        cumulative = after[bound] - before.get(bound, 0.0)
+        count = cumulative - previous
+        previous = cumulative
+        if count > 0:
+            upper = min(bound, float(max_batch))
+            size = max(1, round((lower + 1 + upper) / 2))
+            formed[size] = formed.get(size, 0.0) + count
+        lower = bound
+    return formed
 
 
 def png_payloads(shape: list[int], count: int) -> list[str]:
@@ -133,42 +164,58 @@ def png_payloads(shape: list[int], count: int) -> list[str]:
 
 
 def request_body(endpoint: str, model: str, index: int, images: list[str]) -> dict[str, Any]:
+    """One image per /log-likelihood request; n=1 per /sample request."""
     if endpoint == "log-likelihood":
         return {"model": model, "images": [images[index % len(images)]]}
     return {"model": model, "n": 1}
 
 
 async def load(
-    url: str, endpoint: str, model: str, concurrency: int, duration: float, images: list[str]
+    url: str,
+    pid: int,
+    endpoint: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    images: list[str],
+    max_batch: int,
 ) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` clients, each sending its next request as soon as the last one returns."""
+    """Closed loop: ``concurrency`` clients (one httpx.AsyncClient each), each sending its next request as soon
+    as the last one returns; a warm-up of a quarter of ``duration`` (at most 2 s) is not recorded."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    bodies = [json.dumps(request_body(endpoint, model, i, images)).encode() for i in range(len(images))]
+    headers = {"content-type": "application/json"}
 
-        async def worker(worker_id: int, stop_at: float, record: bool) -> None:
-            index = worker_id
+    async def worker(worker_id: int, stop_at: float, record: bool) -> None:
+        index = worker_id
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                response = await client.post(f"/{endpoint}", json=request_body(endpoint, model, index, images))
+                try:
+                    response = await client.post(f"/{endpoint}", content=bodies[index % len(bodies)], headers=headers)
+                    outcome = str(response.status_code)
+                except httpx.TransportError as exc:
+                    outcome = type(exc).__name__
+                index += concurrency
                 if not record:
                     continue
-                if response.status_code == 200:
+                if outcome == "200":
                     latencies.append(time.perf_counter() - started)
                 else:
-                    errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
-                index += concurrency
+                    errors[outcome] = errors.get(outcome, 0) + 1
 
-        warm_until = time.perf_counter() + min(2.0, duration / 4)
-        await asyncio.gather(*(worker(i, warm_until, False) for i in range(concurrency)))
-        before = batch_counters(url, model, DIRECTION[endpoint])
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i, started + duration, True) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        after = batch_counters(url, model, DIRECTION[endpoint])
-    batches, samples = after[0] - before[0], after[1] - before[1]
+    warm_until = time.perf_counter() + min(2.0, duration / 4)
+    await asyncio.gather(*(worker(i, warm_until, False) for i in range(concurrency)))
+    before = batch_histogram(url, model, DIRECTION[endpoint])
+    server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i, started + duration, True) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds() - client_cpu
+    formed = batch_sizes_formed(before, batch_histogram(url, model, DIRECTION[endpoint]), max_batch)
     quantiles = np.percentile(np.array(latencies) * 1000, [50, 95, 99]) if latencies else [float("nan")] * 3
+    batches = sum(formed.values())
     return {
         "requests": len(latencies),
         "errors": errors,
@@ -176,12 +223,21 @@ async def load(
         "p50_ms": float(quantiles[0]),
         "p95_ms": float(quantiles[1]),
         "p99_ms": float(quantiles[2]),
-        "mean_batch_size": samples / batches if batches else None,
+        "server_cpu_cores": server_cpu / elapsed,
+        "client_cpu_cores": client_cpu / elapsed,
+        "load_average_1m": os.getloadavg()[0],
+        "batches": batches,
+        "mean_batch_size": sum(size * count for size, count in formed.items()) / batches if batches else None,
+        "batch_sizes": {str(size): count for size, count in sorted(formed.items())},
     }
 
 
 def time_in_process(module: Any, endpoint: str, shape: list[int], batch_size: int, seconds: float) -> dict[str, float]:
-    """Median seconds per call of the artifact at ``batch_size``, in both TorchScript execution modes."""
+    """Median seconds per call of the artifact at ``batch_size``, in both TorchScript execution modes.
+
+    ``as_served``: graph executor optimisation off, as the service runs it; ``jit_optimized``: TorchScript's
+    default profiling executor. The reference takes the faster of the two.
+    """
     dimension = int(np.prod(shape))
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch_size, *shape), generator=generator).float()
@@ -230,39 +286,46 @@ def main() -> None:
         "results": {},
     }
     threads = args.torch_threads
+    max_batch = args.max_batch_size or Settings.model_fields["max_batch_size"].default
     runs = {
         "batched": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "torch_threads": threads},
         "unbatched": {"max_batch_size": 1, "max_wait_ms": 0, "torch_threads": threads},
     }
     for mode, settings in runs.items():
-        with server(args.model_dir, logs / f"service_load_{mode}.log", **settings) as url:
+        with server(args.model_dir, logs / f"service_load_{mode}.log", **settings) as (url, pid):
             for endpoint in args.endpoints:
                 for concurrency in args.concurrency:
-                    point = asyncio.run(load(url, endpoint, args.model, concurrency, args.duration, images))
+                    limit = max_batch if mode == "batched" else 1
+                    point = asyncio.run(load(url, pid, endpoint, args.model, concurrency, args.duration, images, limit))
                     report["results"].setdefault(endpoint, {}).setdefault(str(concurrency), {})[mode] = point
                     print(
                         f"{mode:9s} {endpoint:14s} c={concurrency:<3d} {point['requests_per_s']:8.1f} req/s "
-                        f"p50 {point['p50_ms']:7.1f} ms  batch {point['mean_batch_size']}",
+                        f"p50 {point['p50_ms']:7.1f} ms  mean batch {point['mean_batch_size'] or 0:5.1f}  "
+                        f"cpu server {point['server_cpu_cores']:.2f} client {point['client_cpu_cores']:.2f}",
                         file=sys.stderr,
                     )
+    # The reference: the artifact alone, in this process (no server running), at the batch sizes formed above.
     if threads > 0:
         torch.set_num_threads(threads)
     report["torch_threads"] = torch.get_num_threads()
     module = torch.jit.load(str(artifact / "model.ts"), map_location="cpu")
     for endpoint in args.endpoints:
-        single = time_in_process(module, endpoint, card["shape"], 1, 3.0)
+        timings: dict[int, dict[str, float]] = {1: time_in_process(module, endpoint, card["shape"], 1, 3.0)}
         for concurrency, point in report["results"][endpoint].items():
-            batch = max(1, round(point["batched"]["mean_batch_size"] or 1))
-            timing = single if batch == 1 else time_in_process(module, endpoint, card["shape"], batch, 2.0)
-            best = min(timing.values())
+            formed = {int(size): count for size, count in point["batched"]["batch_sizes"].items()}
+            for size in formed:
+                if size not in timings:
+                    timings[size] = time_in_process(module, endpoint, card["shape"], size, 1.5)
+            busy_s = sum(count * min(timings[size].values()) for size, count in formed.items())
+            samples = sum(size * count for size, count in formed.items())
             point["in_process"] = {
-                "batch_size": batch,
-                "seconds_per_batch": timing,
-                "requests_per_s": batch / best,
-                "single_item_ms": 1000 * min(single.values()),
+                "requests_per_s": samples / busy_s if busy_s else None,
+                "single_item_ms": 1000 * min(timings[1].values()),
+                "seconds_per_batch": {str(size): timings[size] for size in sorted(formed)},
             }
             print(
-                f"in-proc   {endpoint:14s} c={concurrency:<3s} {batch / best:8.1f} req/s at batch {batch}",
+                f"in-proc   {endpoint:14s} c={concurrency:<3s} {point['in_process']['requests_per_s'] or 0:8.1f} req/s "
+                f"(single item {point['in_process']['single_item_ms']:.2f} ms)",
                 file=sys.stderr,
             )
     report["goals"] = evaluate(report["results"])

@@ -43,9 +43,8 @@ ROOT=$(mktemp -d /var/tmp/realnvp-base.XXXXXX)
 cleanup() {
     # debootstrap mounts /proc and /sys inside the target while it runs; never leave them mounted.
     local mountpoint
-    for mountpoint in $(awk -v root="$ROOT" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r); do
-        umount -l "$mountpoint" || true
-    done
+    awk -v root="$ROOT" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r |
+        while read -r mountpoint; do umount -l "$mountpoint" || true; done
     rm -rf --one-file-system "$ROOT"
 }
 trap cleanup EXIT

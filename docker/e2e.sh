@@ -79,9 +79,9 @@ cleanup() {
         COMPOSE_EXTRA=(-f docker/compose.scale.yaml -f tests/docker/compose.e2e-scale.yaml)
         COMPOSE_TIMEOUT=90 compose --profile monitoring --profile train down -v --remove-orphans --timeout 20 \
             >"$STATE/down.log" 2>&1 || { log "compose down failed:"; tail -n 20 "$STATE/down.log" >&2; }
-        local left
-        left=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-        [[ -z $left ]] || "$DOCKER" rm -f $left >/dev/null 2>&1
+        local left=()
+        mapfile -t left < <("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
+        ((${#left[@]} == 0)) || "$DOCKER" rm -f "${left[@]}" >/dev/null 2>&1
         "$DOCKER" network rm "${PROJECT}_default" >/dev/null 2>&1
     fi
     if [[ -n $DOCKERD_PID ]]; then
@@ -263,6 +263,7 @@ build_image() {
 inspect_image() {
     local user port health
     user=$("$DOCKER" image inspect -f '{{.Config.User}}' "$IMAGE")
+    # shellcheck disable=SC2016  # a Go template, not shell
     port=$("$DOCKER" image inspect -f '{{range $p, $_ := .Config.ExposedPorts}}{{$p}}{{end}}' "$IMAGE")
     health=$("$DOCKER" image inspect -f '{{join .Config.Healthcheck.Test " "}}' "$IMAGE")
     [[ -n $user && $user != root && $user != 0 ]] || { log "image runs as root"; return 1; }

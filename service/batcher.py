@@ -290,10 +290,11 @@ class Batcher:
             )
         except Exception as exc:
             logger.error("batch of %d samples for model %r (%s) failed: %r", sum(sizes), self.model, direction, exc)
-            failure = InferenceFailedError(f"model {self.model!r} failed on a batch ({direction}): {exc}")
             for entry in live:
                 if not entry.future.done():
-                    entry.future.set_exception(failure)
+                    entry.future.set_exception(
+                        InferenceFailedError(f"model {self.model!r} failed on a batch ({direction}): {exc}")
+                    )
             return
         elapsed = time.perf_counter() - started
         self._recent_batch_s = elapsed

@@ -36,9 +36,10 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=64, ge=1, description="Most samples merged into one forward pass.")
     max_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
-        description="Longest a batch waits for more work, counted from the arrival of its first request.",
+        description="Longest a batch waits for more work, counted from the arrival of its first request. 0: run "
+        "at once with whatever is queued; under load batches still form while the device is busy.",
     )
     max_queue: int = Field(
         default=1024, ge=1, description="Most samples waiting per model; beyond it requests get 503."

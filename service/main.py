@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
 
-from service.api.deps import require_api_key
+from service.api.deps import ServiceContext, require_api_key
 from service.api.routes import health, interpolation, models, sampling, scoring
 from service.config import Settings
 from service.errors import install_error_handlers
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.getLogger("service").setLevel(settings.log_level.upper())
         registry = ModelRegistry(settings, metrics)
         registry.discover()
-        app.state.registry = registry
+        context.registry = registry
         loading = asyncio.create_task(registry.load_all(), name="load-models")
         try:
             yield
@@ -54,9 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    protected = [Depends(require_api_key)]
+    context = ServiceContext(settings=settings, metrics=metrics)
+    app.state.context = context
+    # The key check is a dependency only when a key is set (and then OpenAPI shows the bearer scheme).
+    protected = [Depends(require_api_key)] if settings.api_key is not None else []
     for router in (sampling.router, scoring.router, interpolation.router, models.router):
         app.include_router(router, dependencies=protected)
     app.include_router(health.router)

@@ -1,4 +1,4 @@
-"""FastAPI dependencies as ``Annotated`` aliases: app state, auth, deadline, and the inputs body parser."""
+"""FastAPI dependencies as ``Annotated`` aliases: the service context, auth, and the inputs body parser."""
 
 from __future__ import annotations
 
@@ -21,56 +21,55 @@ from service.schemas import InputsRequest
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API_KEY>` when API_KEY is set.")
 
 
-async def get_settings(request: Request) -> Settings:
-    """The app's settings."""
-    return request.app.state.settings
+@dataclass(eq=False)
+class ServiceContext:
+    """What routes need from the app, resolved by one dependency (each dependency costs time per request).
+
+    Attributes:
+        settings: the app's settings.
+        metrics: the app's metrics.
+        registry: the models; set by the lifespan at start-up.
+    """
+
+    settings: Settings
+    metrics: Metrics
+    registry: ModelRegistry | None = None
+
+    def model(self, request: Request, name: str | None) -> ServedModel:
+        """The ready model a request means (see ``ModelRegistry.get``), recorded for the request metrics."""
+        assert self.registry is not None, "the lifespan sets the registry before serving"
+        served = self.registry.get(name)
+        request.state.model = served.name
+        return served
+
+    def deadline(self) -> float:
+        """Event-loop time after which the current request is answered with 504."""
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
 
 
-async def get_registry(request: Request) -> ModelRegistry:
-    """The app's model registry."""
-    return request.app.state.registry
+async def get_context(request: Request) -> ServiceContext:
+    """The app's ``ServiceContext``."""
+    return request.app.state.context
 
 
-async def get_metrics(request: Request) -> Metrics:
-    """The app's metrics."""
-    return request.app.state.metrics
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ContextDep = Annotated[ServiceContext, Depends(get_context)]
 
 
 async def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    context: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Check ``Authorization: Bearer <API_KEY>`` in constant time when ``API_KEY`` is set.
+    """Check ``Authorization: Bearer <API_KEY>`` in constant time (installed only when ``API_KEY`` is set).
 
     Raises:
         UnauthorizedError: the header is missing, not a bearer token, or the wrong key.
     """
-    if settings.api_key is None:
+    api_key = context.settings.api_key
+    if api_key is None:
         return
     if credentials is None:
         raise UnauthorizedError("expected header 'Authorization: Bearer <API_KEY>', got no bearer token")
-    expected = settings.api_key.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+    if not hmac.compare_digest(credentials.credentials.encode(), api_key.get_secret_value().encode()):
         raise UnauthorizedError("expected the configured API key as bearer token, got another key")
-
-
-async def request_deadline(settings: SettingsDep) -> float:
-    """Event-loop time after which this request is answered with 504."""
-    return asyncio.get_running_loop().time() + settings.request_timeout_s
-
-
-DeadlineDep = Annotated[float, Depends(request_deadline)]
-
-
-def use_model(request: Request, registry: ModelRegistry, name: str | None) -> ServedModel:
-    """Look the model up and record its name for the request metrics."""
-    served = registry.get(name)
-    request.state.model = served.name
-    return served
 
 
 @dataclass
@@ -83,7 +82,7 @@ class InputsPayload:
     files: list[tuple[str, bytes]] | None = None
 
 
-async def parse_inputs_body(request: Request, settings: SettingsDep) -> InputsPayload:
+async def parse_inputs_body(request: Request, context: ContextDep) -> InputsPayload:
     """Read a JSON ``InputsRequest`` body, or a ``multipart/form-data`` body of image files (+ ``model`` field).
 
     Raises:
@@ -91,6 +90,7 @@ async def parse_inputs_body(request: Request, settings: SettingsDep) -> InputsPa
         InvalidInputError: the multipart body cannot be parsed (422).
         PayloadTooLargeError: more files than ``MAX_SAMPLES`` (413).
     """
+    settings = context.settings
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         body = InputsRequest.model_validate_json(await request.body())

@@ -214,8 +214,12 @@ async def test_api_key(open_client) -> None:
         assert (await client.get("/models", headers=good)).status_code == 200
         assert (await client.get("/models")).status_code == 401
         assert (await client.get("/sample.png", params={"model": "digits"})).status_code == 401
-        for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
             assert (await client.get(open_path)).status_code == 200, open_path
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert {"HTTPBearer": []} in spec["paths"]["/sample"]["post"]["security"]
+        assert "security" not in spec["paths"]["/healthz"]["get"]
 
 
 async def test_shutdown_finishes_queued_work(store: Path) -> None:
@@ -224,7 +228,7 @@ async def test_shutdown_finishes_queued_work(store: Path) -> None:
     async with serve_in_process(store, max_batch_size=64, max_wait_ms=300) as client:
         pending = [asyncio.ensure_future(client.post("/sample", json={"model": "moons", "n": 2})) for _ in range(4)]
         await asyncio.sleep(0.05)
-        registry = client.app.state.registry  # type: ignore[attr-defined]
+        registry = client.app.state.context.registry  # type: ignore[attr-defined]
         assert registry.models["moons"].batcher.queued_samples == 8
         await registry.close()  # what the lifespan does on SIGTERM once uvicorn stops accepting
         responses = await asyncio.gather(*pending)

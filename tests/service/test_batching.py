@@ -116,7 +116,7 @@ class FaultyModule:
 
 async def test_a_failed_batch_fails_only_its_requests(open_client) -> None:
     async with open_client(MAX_BATCH_SIZE=2, MAX_WAIT_MS=50) as client:
-        runner = client.app.state.registry.models["moons"].runner  # type: ignore[attr-defined]
+        runner = client.app.state.context.registry.models["moons"].runner  # type: ignore[attr-defined]
         runner.module = FaultyModule(runner.module)
         poisoned = client.post("/decode", json={"model": "moons", "latents": [[1234, 0], [0, 0]]})
         clean = client.post("/decode", json={"model": "moons", "latents": [[0.5, 0], [0, 0.5]]})

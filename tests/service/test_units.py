@@ -31,6 +31,7 @@ ENV_NAMES = [
     "LOG_LEVEL",
     "HOST",
     "PORT",
+    "TORCH_THREADS",
 ]
 
 
@@ -42,12 +43,12 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.default_model, settings.device, settings.api_key) == (None, "auto", None)
     assert (settings.max_batch_size, settings.max_wait_ms, settings.max_queue, settings.max_samples) == (
         64,
-        2.0,
+        0.0,
         1024,
         256,
     )
     assert (settings.max_body_bytes, settings.request_timeout_s) == (10 * 1024 * 1024, 30.0)
-    assert (settings.log_level, settings.host, settings.port) == ("info", "127.0.0.1", 8000)
+    assert (settings.log_level, settings.host, settings.port, settings.torch_threads) == ("info", "127.0.0.1", 8000, 0)
 
 
 def test_settings_read_the_documented_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +62,7 @@ def test_settings_read_the_documented_variable_names(monkeypatch: pytest.MonkeyP
         "MAX_SAMPLES": "300",
         "MAX_BODY_BYTES": "1000",
         "REQUEST_TIMEOUT_S": "1.5",
+        "TORCH_THREADS": "1",
         "API_KEY": "abc",
         "LOG_LEVEL": "DEBUG",
         "HOST": "0.0.0.0",
@@ -75,6 +77,7 @@ def test_settings_read_the_documented_variable_names(monkeypatch: pytest.MonkeyP
     assert settings.request_timeout_s == 1.5 and settings.api_key is not None
     assert settings.api_key.get_secret_value() == "abc" and "abc" not in repr(settings)
     assert settings.log_level == "debug" and settings.host == "0.0.0.0" and settings.port == 9000
+    assert settings.torch_threads == 1
 
 
 def test_settings_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:

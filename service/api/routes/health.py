@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import MetricsDep, RegistryDep
+from service.api.deps import ContextDep
 from service.schemas import HealthResponse, ReadinessResponse
 
 router = APIRouter(tags=["operations"])
@@ -23,10 +23,11 @@ async def healthz() -> HealthResponse:
     response_model=ReadinessResponse,
     responses={503: {"model": ReadinessResponse, "description": "Loading, or some model failed (named)."}},
 )
-async def readyz(registry: RegistryDep) -> JSONResponse:
+async def readyz(context: ContextDep) -> JSONResponse:
     """200 once every model is loaded, checksum-verified and warmed up; 503 before, or naming what failed."""
-    report = registry.readiness()
-    return JSONResponse(report, status_code=200 if registry.ready else 503)
+    registry = context.registry
+    assert registry is not None
+    return JSONResponse(registry.readiness(), status_code=200 if registry.ready else 503)
 
 
 @router.get(
@@ -34,6 +35,6 @@ async def readyz(registry: RegistryDep) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": "realnvp_requests_total{...} 3.0"}}}},
 )
-async def metrics(metrics: MetricsDep) -> Response:
+async def metrics(context: ContextDep) -> Response:
     """Prometheus metrics."""
-    return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(content=context.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service import inference
-from service.api.deps import DeadlineDep, RegistryDep, SettingsDep, use_model
+from service.api.deps import ContextDep
 from service.api.render import decoded_response
 from service.inputs import check_count, images_to_tensor, inputs_to_tensor, require_image_model
 from service.schemas import ImagesResponse, InterpolateRequest, SamplesResponse, error_responses
@@ -18,15 +18,15 @@ router = APIRouter(tags=["interpolation"])
     response_model=SamplesResponse | ImagesResponse,
     responses=error_responses(401, 404, 413, 422, 503, 504),
 )
-async def interpolate(
-    body: InterpolateRequest, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
-) -> Response:
+async def interpolate(body: InterpolateRequest, request: Request, context: ContextDep) -> Response:
     """Decode a path or grid between encoded items.
 
     2 items: `steps` points from the first latent to the second (`linear` or `slerp`). 4 items with `manifold`:
     the `steps x steps` grid of Dinh et al. (2017) eq. 19, shape `[steps, steps, ...]` (PNGs row-major).
     """
-    served = use_model(request, registry, body.model)
+    deadline = context.deadline()
+    settings = context.settings
+    served = context.model(request, body.model)
     card = served.card
     if body.format == "png":
         require_image_model(card, "format 'png'")

@@ -6,15 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import RegistryDep, SettingsDep, use_model
+from service.api.deps import ContextDep
 from service.schemas import ModelsResponse, error_responses
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=ModelsResponse, responses=error_responses(401))
-async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
+async def list_models(context: ContextDep) -> ModelsResponse:
     """The cards of the ready models, and the status or error of the others."""
+    registry, settings = context.registry, context.settings
+    assert registry is not None
     cards = []
     unavailable = {}
     for name, served in registry.models.items():
@@ -37,7 +39,7 @@ async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsRes
         **error_responses(401, 404, 503),
     },
 )
-async def get_model(name: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
+async def get_model(name: str, request: Request, context: ContextDep) -> dict[str, Any]:
     """One model's card (without `reference_scores`)."""
-    served = use_model(request, registry, name)
+    served = context.model(request, name)
     return {**served.card.public_view(), "name": served.name}

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from service import inference
-from service.api.deps import DeadlineDep, MetricsDep, RegistryDep, SettingsDep, use_model
+from service.api.deps import ContextDep
 from service.api.render import PNG_MEDIA_TYPE, decoded_response, png_grid_response
 from service.inputs import check_count, latents_to_tensor, require_image_model
 from service.schemas import MAX_SEED, DecodeRequest, ImagesResponse, SampleRequest, SamplesResponse, error_responses
@@ -17,22 +17,16 @@ ERRORS = error_responses(401, 404, 413, 422, 503, 504)
 
 
 @router.post("/sample", response_model=SamplesResponse | ImagesResponse, responses=ERRORS)
-async def sample(
-    body: SampleRequest,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    deadline: DeadlineDep,
-) -> Response:
+async def sample(body: SampleRequest, request: Request, context: ContextDep) -> Response:
     """Draw `n` samples `decode(temperature * randn(n, D))`; the same seed gives the same samples."""
-    served = use_model(request, registry, body.model)
+    deadline = context.deadline()
+    served = context.model(request, body.model)
     card = served.card
-    check_count("n", body.n, settings.max_samples)
+    check_count("n", body.n, context.settings.max_samples)
     if body.format == "png":
         require_image_model(card, "format 'png'")
     data = await inference.sample(served, body.n, body.temperature, body.seed, deadline)
-    metrics.samples_generated.labels(model=served.name).inc(body.n)
+    context.metrics.samples_generated.labels(model=served.name).inc(body.n)
     return decoded_response(served.name, data, body.format, len(card.shape))
 
 
@@ -43,33 +37,30 @@ async def sample(
 )
 async def sample_png(
     request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    deadline: DeadlineDep,
+    context: ContextDep,
     model: Annotated[str | None, Query(description="Model name (optional with one model).", examples=["mnist"])] = None,
     n: Annotated[int, Query(ge=1, description="Samples in the grid, at most MAX_SAMPLES.", examples=[16])] = 16,
     temperature: Annotated[float, Query(gt=0, le=2, allow_inf_nan=False, examples=[0.8])] = 1.0,
     seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, examples=[7])] = None,
 ) -> Response:
     """One `image/png` grid of `n` samples, for browsers and curl (image models)."""
-    served = use_model(request, registry, model)
-    check_count("n", n, settings.max_samples)
+    deadline = context.deadline()
+    served = context.model(request, model)
+    check_count("n", n, context.settings.max_samples)
     require_image_model(served.card, "/sample.png")
     data = await inference.sample(served, n, temperature, seed, deadline)
-    metrics.samples_generated.labels(model=served.name).inc(n)
+    context.metrics.samples_generated.labels(model=served.name).inc(n)
     return png_grid_response(data)
 
 
 @router.post("/decode", response_model=SamplesResponse | ImagesResponse, responses=ERRORS)
-async def decode(
-    body: DecodeRequest, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
-) -> Response:
+async def decode(body: DecodeRequest, request: Request, context: ContextDep) -> Response:
     """Decode latents `[N, D]` to data, as `/sample` returns it."""
-    served = use_model(request, registry, body.model)
+    deadline = context.deadline()
+    served = context.model(request, body.model)
     card = served.card
     if body.format == "png":
         require_image_model(card, "format 'png'")
-    z = latents_to_tensor(card, body.latents, settings.max_samples)
+    z = latents_to_tensor(card, body.latents, context.settings.max_samples)
     data = await inference.decode(served, z, deadline)
     return decoded_response(served.name, data, body.format, len(card.shape))

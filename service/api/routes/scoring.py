@@ -8,7 +8,7 @@ import torch
 from fastapi import APIRouter, Request, Response
 
 from service import inference
-from service.api.deps import DeadlineDep, InputsBodyDep, InputsPayload, RegistryDep, SettingsDep, use_model
+from service.api.deps import ContextDep, InputsBodyDep, InputsPayload
 from service.api.render import json_response
 from service.card import ModelCard
 from service.inputs import files_to_tensor, images_to_tensor, inputs_to_tensor
@@ -69,12 +69,11 @@ def payload_tensor(card: ModelCard, payload: InputsPayload, limit: int) -> torch
     responses=ERRORS,
     openapi_extra=_request_body_doc(),
 )
-async def log_likelihood(
-    payload: InputsBodyDep, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
-) -> Response:
+async def log_likelihood(payload: InputsBodyDep, request: Request, context: ContextDep) -> Response:
     """Exact log-likelihood (nats) and bits/dim per item; 8-bit images are scored at the bin centre `x + 0.5`."""
-    served = use_model(request, registry, payload.model)
-    x = payload_tensor(served.card, payload, settings.max_samples)
+    deadline = context.deadline()
+    served = context.model(request, payload.model)
+    x = payload_tensor(served.card, payload, context.settings.max_samples)
     nats, bits = await inference.log_likelihood(served, x, deadline)
     return json_response(
         LogLikelihoodResponse.model_construct(
@@ -84,12 +83,11 @@ async def log_likelihood(
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, openapi_extra=_request_body_doc())
-async def encode(
-    payload: InputsBodyDep, request: Request, registry: RegistryDep, settings: SettingsDep, deadline: DeadlineDep
-) -> Response:
+async def encode(payload: InputsBodyDep, request: Request, context: ContextDep) -> Response:
     """Latents `z = f(x)` and `log |det df/dx|` per item (images at the bin centre, as `/log-likelihood`)."""
-    served = use_model(request, registry, payload.model)
-    x = payload_tensor(served.card, payload, settings.max_samples)
+    deadline = context.deadline()
+    served = context.model(request, payload.model)
+    x = payload_tensor(served.card, payload, context.settings.max_samples)
     z, log_det = await inference.encode(served, x, deadline)
     return json_response(
         EncodeResponse.model_construct(model=served.name, latents=z.tolist(), log_det=log_det.tolist())
