@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 from collections.abc import Sequence
 
 import uvicorn
@@ -31,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found: make that a clean exit (0),
+    # the ordinary way a supervisor stops the service, rather than death by the signal (143).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -38,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=None,
     )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 if __name__ == "__main__":

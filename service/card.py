@@ -28,6 +28,28 @@ class ReferenceScores(BaseModel):
     split: str
     log_likelihood: list[float]
     bits_per_dim: list[float]
+    # Optional (cards exported before the anomaly scores lack them; docs/anomaly.md): Serrà et al.'s
+    # S = bits/dim − L per item, and the compressor that measured L.
+    complexity: list[float] | None = None
+    complexity_compressor: Literal["png", "deflate"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReferenceScores:
+        count = len(self.bits_per_dim)
+        for key in ("log_likelihood", "bits_per_dim", "complexity"):
+            if not all(math.isfinite(value) for value in getattr(self, key) or ()):
+                raise ValueError(f"reference_scores.{key}: expected finite numbers, got NaN or Inf")
+        if len(self.log_likelihood) != count:
+            raise ValueError(
+                f"reference_scores: expected as many log_likelihood as bits_per_dim values ({count}), "
+                f"got {len(self.log_likelihood)}"
+            )
+        if self.complexity is not None and (len(self.complexity) != count or self.complexity_compressor is None):
+            raise ValueError(
+                f"reference_scores.complexity: expected {count} values and a complexity_compressor, "
+                f"got {len(self.complexity)} values and compressor {self.complexity_compressor!r}"
+            )
+        return self
 
 
 class ModelCard(BaseModel):

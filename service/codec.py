@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from service.errors import InvalidInputError
 
@@ -61,7 +61,7 @@ def decode_image(data: bytes, shape: tuple[int, int, int], label: str) -> torch.
         raise InvalidInputError(
             f"{label}: expected a {width}x{height} image (width x height), got a decompression bomb ({exc})"
         ) from exc
-    except (UnidentifiedImageError, OSError) as exc:
+    except Exception as exc:  # Pillow raises many types for hostile headers (ValueError: zTXt/iCCP bombs, ...)
         raise InvalidInputError(f"{label}: expected a PNG or JPEG image, got undecodable data ({exc})") from exc
     with image:
         if image.size != (width, height):

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Interface `python -m service` binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `python -m service` listens on.")
+    anomaly_fpr: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="False-positive rate at which `/anomaly` and `/log-likelihood` flag items when a request "
+        "gives no `fpr` (docs/anomaly.md).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
+# FastAPI's 400 for a JSON body it cannot decode; answered as 422 with the reason, like any malformed JSON.
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
 class ServiceError(Exception):
@@ -82,6 +84,12 @@ class InferenceFailedError(ServiceError):
     status_code = 500
 
 
+class ReferenceMissingError(ServiceError):
+    """An anomaly score needs reference scores the model's card lacks (exported before that score existed)."""
+
+    status_code = 409
+
+
 def _expectation(error: Any) -> tuple[str, bool]:
     """What one pydantic error expected, and whether to append the received value."""
     kind = error.get("type", "")
@@ -141,7 +149,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        cause = exc.__cause__
+        if isinstance(cause, ServiceError):  # FastAPI wraps what reading a JSON body raised (the streamed 413)
+            return await on_service_error(request, cause)
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # not UTF-8, nested too deep, huge integer
+            reason = f"{type(cause).__name__}: {cause}" if cause is not None else "unreadable"
+            reason = reason if len(reason) <= 120 else reason[:117] + "..."
+            return error_response(422, f"body: expected a valid JSON body, got one that cannot be parsed ({reason})")
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"expected one of the documented paths (see /docs), got {request.url.path}"
         elif exc.status_code == 405:

@@ -13,7 +13,7 @@ import secrets
 import torch
 
 from service.codec import to_uint8
-from service.errors import InvalidInputError
+from service.errors import InferenceFailedError, InvalidInputError
 from service.interpolation import linear_path, manifold_grid, slerp_path
 from service.registry import DECODE, ENCODE, ServedModel
 from service.runner import ModelRunner
@@ -89,9 +89,17 @@ async def sample(served: ServedModel, n: int, temperature: float, seed: int | No
 
     A seeded request is decoded in batches of its own, so the same request gives bit-identical samples
     whatever else the server is doing; unseeded requests share batches.
+
+    Raises:
+        InferenceFailedError: the model decoded the drawn latents to NaN (500: the server's fault, not the input's).
     """
     z = draw_latents(_runner(served).dimension, n, temperature, seed)
-    return await decode(served, z, deadline, exclusive=seed is not None)
+    try:
+        return await decode(served, z, deadline, exclusive=seed is not None)
+    except InvalidInputError as exc:  # the latents were drawn here: a non-finite decoding is the model's fault
+        raise InferenceFailedError(
+            f"model {served.name!r}: expected a finite decoding of the drawn latents, got non-finite outputs"
+        ) from exc
 
 
 async def interpolate(served: ServedModel, x: torch.Tensor, steps: int, method: str, deadline: float) -> torch.Tensor:

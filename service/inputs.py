@@ -18,7 +18,29 @@ def check_count(what: str, count: int, limit: int) -> None:
         raise PayloadTooLargeError(f"{what}: expected at most MAX_SAMPLES = {limit} items, got {count}")
 
 
-def _nested_tensor(what: str, values: Sequence[Any], expected: str) -> torch.Tensor:
+def _non_numbers(values: Sequence[Any]) -> list[Any]:
+    """The first leaf of nested lists that is not a number (JSON true/false/null, strings, objects).
+
+    Returns:
+        That leaf in a one-item list, or an empty list when every leaf is an int or float.
+    """
+    stack = [values]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, list):
+                stack.append(item)
+            elif type(item) not in (int, float):
+                return [item]
+    return []
+
+
+def _nested_tensor(what: str, values: Sequence[Any], expected: str, check_leaves: bool = True) -> torch.Tensor:
+    wrong = _non_numbers(values) if check_leaves else []
+    if wrong:
+        shown = repr(wrong[0])
+        raise InvalidInputError(
+            f"{what}: expected {expected} of numbers, got {shown if len(shown) <= 40 else shown[:37] + '...'}"
+        )
     try:
         return torch.tensor(values, dtype=torch.float64)
     except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
@@ -106,7 +128,8 @@ def latents_to_tensor(card: ModelCard, latents: Sequence[Sequence[float]], limit
     """
     check_count("latents", len(latents), limit)
     expected = f"[N, {card.dimension}]"
-    tensor = _nested_tensor("latents", latents, f"an array of shape {expected}")
+    # the schema already made every leaf a float (strict: no booleans or strings)
+    tensor = _nested_tensor("latents", latents, f"an array of shape {expected}", check_leaves=False)
     if tensor.ndim != 2 or tensor.shape[1] != card.dimension:
         raise InvalidInputError(f"latents: expected shape {expected}, got {list(tensor.shape)}")
     _check_finite("latents", tensor)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from service.api.deps import ServiceContext, require_api_key
-from service.api.routes import health, interpolation, models, sampling, scoring
+from service.api.routes import anomaly, health, interpolation, models, sampling, scoring
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     # The key check is a dependency only when a key is set (and then OpenAPI shows the bearer scheme).
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
-    for router in (sampling.router, scoring.router, interpolation.router, models.router):
+    for router in (sampling.router, scoring.router, anomaly.router, interpolation.router, models.router):
         app.include_router(router, dependencies=protected)
     app.include_router(health.router)
     install_error_handlers(app)

@@ -180,7 +180,8 @@ class ModelRegistry:
         resolved = self.resolve_name(name)
         served = self.models.get(resolved)
         if served is None:
-            raise ModelNotFoundError(f"model: expected one of {sorted(self.models)}, got {resolved!r}")
+            shown = repr(resolved) if len(resolved) <= 60 else repr(resolved[:57] + "...")
+            raise ModelNotFoundError(f"model: expected one of {sorted(self.models)}, got {shown}")
         if served.status == "loading":
             raise UnavailableError(f"model {resolved!r} is still loading; expected a ready model", retry_after_s=2)
         if served.status == "failed":

@@ -5,7 +5,7 @@ folder next to the destination, reloads the module from disk and checks it befor
 place. It refuses (``ExportError``) an artifact whose
 
 - TorchScript outputs differ from the eager flow (``encode``, ``decode``, ``log_prob``) by more than
-  ``EAGER_TOLERANCE`` (relative to ``1 + |value|``),
+  ``EAGER_TOLERANCE`` relative to the output's scale (``1 + max |value|``),
 - round trip ``decode(encode(x))`` misses ``x`` by more than ``ROUNDTRIP_TOLERANCE`` (pixel units for images,
   relative to ``1 + |x|`` for vectors),
 - batch rows are not independent (a row's output changes with the rest of the batch),
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from models import Flow
 from models.export import EXPORTED_METHODS, to_torchscript
+from service.anomaly import DEFAULT_COMPRESSOR, complexity_scores
 
 __all__ = ["EAGER_TOLERANCE", "ROUNDTRIP_TOLERANCE", "ExportError", "export_artifact", "export_checkpoint"]
 
@@ -103,6 +104,15 @@ def export_artifact(
         with torch.no_grad():
             log_likelihood = torch.cat([loaded.log_prob(batch) for batch in reference.split(500)]).double()
         bits = -log_likelihood / (flow.dim * math.log(2.0))
+        reference_scores: dict[str, Any] = {
+            "split": "val",
+            "log_likelihood": [round(float(v), 6) for v in log_likelihood],
+            "bits_per_dim": [round(float(v), 6) for v in bits],
+        }
+        if flow.data_kind == "image":  # the input-complexity score of docs/anomaly.md, by the service's own code
+            complexity = complexity_scores(bits, reference, DEFAULT_COMPRESSOR)
+            reference_scores["complexity"] = [round(float(v), 6) for v in complexity]
+            reference_scores["complexity_compressor"] = DEFAULT_COMPRESSOR
         card = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -119,11 +129,7 @@ def export_artifact(
             "torch_version": torch.__version__,
             "created_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "sha256": sha256,
-            "reference_scores": {
-                "split": "val",
-                "log_likelihood": [round(float(v), 6) for v in log_likelihood],
-                "bits_per_dim": [round(float(v), 6) for v in bits],
-            },
+            "reference_scores": reference_scores,
         }
         (tmp_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         if hashlib.sha256((tmp_dir / "model.ts").read_bytes()).hexdigest() != sha256:
@@ -135,7 +141,13 @@ def export_artifact(
 
 
 def _close(actual: Tensor, expected: Tensor, tolerance: float) -> bool:
-    return bool(((actual - expected).abs() <= tolerance * (1.0 + expected.abs())).all())
+    """Max error within ``tolerance`` relative to the output's scale, ``1 + max |expected|``.
+
+    Relative to the scale, not to each element: float32 rounding differs between the eager flow and its folded,
+    frozen script by about 1e-5 of the scale (the eager flow is not closer to float64 than the script), which
+    an element near zero would otherwise turn into a large relative error.
+    """
+    return bool((actual - expected).abs().max() <= tolerance * (1.0 + expected.abs().max()))
 
 
 @torch.no_grad()
@@ -165,7 +177,7 @@ def verify_module(module: torch.jit.ScriptModule, eager: Flow, reference: Tensor
         if actual.shape != expected.shape or not _close(actual, expected, EAGER_TOLERANCE):
             diff = (actual - expected).abs().max().item() if actual.shape == expected.shape else math.inf
             raise ExportError(f"TorchScript {label} differs from the eager flow by {diff:.3g} "
-                              f"(tolerance {EAGER_TOLERANCE} relative to 1 + |value|)")
+                              f"(tolerance {EAGER_TOLERANCE} relative to 1 + max |value|)")
     roundtrip = module.decode(module.encode(x_continuous)[0])
     error = (roundtrip - x_continuous).abs()
     bound = ROUNDTRIP_TOLERANCE[kind] * (1.0 if kind == "image" else 1.0 + x_continuous.abs())

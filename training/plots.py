@@ -108,8 +108,8 @@ def plot_training_curves(metrics_file: str | Path, path: str | Path, title: str 
             val_steps.append(record["step"])
             val_bpd.append(record["val_bpd"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(train_steps, train_bpd, lw=0.8, alpha=0.6, label="train (batch)")
-    ax.plot(val_steps, val_bpd, "o-", ms=3, label="validation")
+    ax.plot(train_steps, train_bpd, lw=0.8, alpha=0.6, label="train batch (x + U[0,1), train mode)")
+    ax.plot(val_steps, val_bpd, "o-", ms=3, label="validation (x + 0.5, eval mode)")
     values = train_bpd[len(train_bpd) // 10:] + val_bpd
     if values:  # skip the first steps, whose loss is far above the rest
         low, high = min(values), max(values)

@@ -82,17 +82,32 @@ class InputsPayload:
     files: list[tuple[str, bytes]] | None = None
 
 
+def body_kind(request: Request) -> str:
+    """``"json"`` or ``"multipart"``, from the request's ``Content-Type`` (FastAPI's strict rule for JSON).
+
+    Raises:
+        InvalidInputError: any other content type, or none (422).
+    """
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return "multipart"
+    if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
+        return "json"
+    shown = repr(content_type if len(content_type) <= 60 else content_type[:57] + "...") if content_type else "none"
+    raise InvalidInputError(f"content-type: expected application/json or multipart/form-data, got {shown}")
+
+
 async def parse_inputs_body(request: Request, context: ContextDep) -> InputsPayload:
     """Read a JSON ``InputsRequest`` body, or a ``multipart/form-data`` body of image files (+ ``model`` field).
 
     Raises:
         ValidationError: the JSON breaks the schema (422 through the error handlers).
-        InvalidInputError: the multipart body cannot be parsed (422).
+        InvalidInputError: another content type, or the multipart body cannot be parsed (422).
         PayloadTooLargeError: more files than ``MAX_SAMPLES`` (413).
     """
     settings = context.settings
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if body_kind(request) == "json":
         body = InputsRequest.model_validate_json(await request.body())
         return InputsPayload(model=body.model, inputs=body.inputs, images=body.images)
     try:

@@ -247,3 +247,17 @@ async def test_openapi_documents_every_endpoint_with_examples(client: httpx.Asyn
     assert "HTTPBearer" not in text  # no API_KEY: no security scheme
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_bundled_models_are_served() -> None:
+    from service.config import BUNDLED_MODEL_DIR
+    from tests.service.conftest import serve_in_process
+
+    if not BUNDLED_MODEL_DIR.is_dir() or not any(p.is_dir() for p in BUNDLED_MODEL_DIR.iterdir()):
+        pytest.skip("no bundled models in model_store/ yet")
+    async with serve_in_process(BUNDLED_MODEL_DIR) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        for card in (await client.get("/models")).json()["models"]:
+            response = await client.post("/sample", json={"model": card["name"], "n": 2, "seed": 0})
+            assert response.status_code == 200 and response.json()["shape"] == [2, *card["shape"]]

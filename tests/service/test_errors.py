@@ -135,7 +135,9 @@ async def test_body_over_limit_413(open_client) -> None:
         ([[[[300] + [0] * 7] * 8]], ["expected values in [0, 255]", "got 300"]),
         ([[[[-1] + [0] * 7] * 8]], ["expected values in [0, 255]", "got -1"]),
         ([[[[0.5] + [0] * 7] * 8]], ["expected integer 8-bit pixel values", "got 0.5"]),
-        ([[[["a"] + [0] * 7] * 8]], ["rectangular array of numbers"]),
+        ([[[["a"] + [0] * 7] * 8]], ["of numbers", "got 'a'"]),
+        ([[[[True] + [0] * 7] * 8]], ["of numbers", "got True"]),
+        ([[[[None] + [0] * 7] * 8]], ["of numbers", "got None"]),
         ("not a list", ["inputs", "expected a valid array", "got 'not a list'"]),
     ],
 )

@@ -147,3 +147,13 @@ def test_manifold_grid_follows_eq_19() -> None:
         math.cos(phi_prime) * z3 + math.sin(phi_prime) * z4
     )
     assert torch.allclose(grid[1, 3], expected, atol=1e-6)
+
+
+def test_device_setting() -> None:
+    from service.runner import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="expected an available device"):
+            resolve_device("cuda")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from service import inference
+from service.anomaly_schemas import ScoredLogLikelihoodResponse
+from service.anomaly_scoring import score_batch
 from service.api.deps import ContextDep, InputsBodyDep, InputsPayload
 from service.api.render import json_response
 from service.card import ModelCard
@@ -16,7 +18,6 @@ from service.schemas import (
     EXAMPLE_PNG,
     EncodeResponse,
     InputsRequest,
-    LogLikelihoodResponse,
     error_responses,
 )
 
@@ -65,19 +66,28 @@ def payload_tensor(card: ModelCard, payload: InputsPayload, limit: int) -> torch
 
 @router.post(
     "/log-likelihood",
-    response_model=LogLikelihoodResponse,
+    response_model=ScoredLogLikelihoodResponse,
     responses=ERRORS,
     openapi_extra=_request_body_doc(),
 )
-async def log_likelihood(payload: InputsBodyDep, request: Request, context: ContextDep) -> Response:
-    """Exact log-likelihood (nats) and bits/dim per item; 8-bit images are scored at the bin centre `x + 0.5`."""
+async def log_likelihood(
+    payload: InputsBodyDep,
+    request: Request,
+    context: ContextDep,
+    fpr: Annotated[float | None, Query(gt=0, lt=1, description="False-positive rate of `is_anomaly`.")] = None,
+) -> Response:
+    """Exact log-likelihood (nats) and bits/dim per item; 8-bit images are scored at the bin centre `x + 0.5`.
+
+    Also the anomaly scores of each item against the card's reference scores (docs/anomaly.md).
+    """
     deadline = context.deadline()
     served = context.model(request, payload.model)
     x = payload_tensor(served.card, payload, context.settings.max_samples)
     nats, bits = await inference.log_likelihood(served, x, deadline)
+    scores = await score_batch(served, x, bits, fpr or context.settings.anomaly_fpr)
     return json_response(
-        LogLikelihoodResponse.model_construct(
-            model=served.name, log_likelihood=nats.tolist(), bits_per_dim=bits.tolist()
+        ScoredLogLikelihoodResponse.model_construct(
+            model=served.name, log_likelihood=nats.tolist(), bits_per_dim=bits.tolist(), **dict(scores)
         )
     )
 

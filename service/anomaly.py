@@ -1,0 +1,276 @@
+"""Anomaly scores of data items and their calibration against a model's reference scores (no HTTP here).
+
+Every score is oriented so that **higher means more anomalous**:
+
+* ``nll``: negative log-likelihood in bits per dimension.
+* ``complexity``: the input-complexity corrected score of Serrà et al. (2020), ``S(x) = bits/dim(x) − L(x)``
+  with ``L(x)`` the length in bits per dimension of a lossless compression of the 8-bit image (image models
+  only). Simple images (constant, smooth) get a high likelihood *and* a short code, so ``S`` cancels the bias
+  that makes raw likelihood prefer them (Nalisnick et al., 2019a).
+* ``typicality``: the test of Nalisnick et al. (2019b) for a batch of ``M`` items submitted together,
+  ``|mean bits/dim of the batch − H|`` with ``H`` the model's entropy estimated on held-out data. It is
+  two-sided: batches that are *too likely* are as atypical as batches that are too unlikely.
+
+Calibration: an item's ``p_value`` is the conformal p-value ``(1 + #{ref ≥ s}) / (n + 1)`` against the ``n``
+reference scores of held-out in-distribution data stored in the card at export; ``is_anomaly`` is
+``p_value ≤ fpr``, which flags at most a fraction ``fpr`` of in-distribution items (for items exchangeable with
+the reference data). Typicality's reference is a seeded bootstrap of batches of ``M`` reference items, so it is
+deterministic.
+
+References:
+    Serrà et al., "Input complexity and out-of-distribution detection with likelihood-based generative
+    models", ICLR 2020. Nalisnick et al., "Do deep generative models know what they don't know?", ICLR 2019.
+    Nalisnick et al., "Detecting out-of-distribution inputs to deep generative models using typicality",
+    arXiv:1906.02994, 2019.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+ScoreName = Literal["nll", "complexity", "typicality"]
+Compressor = Literal["png", "deflate"]
+
+SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "typicality")
+ITEM_SCORES: tuple[ScoreName, ...] = ("nll", "complexity")
+COMPRESSORS: tuple[Compressor, ...] = ("png", "deflate")
+# What export stores and what the service uses when a card does not name its compressor (see docs/anomaly.md).
+DEFAULT_COMPRESSOR: Compressor = "png"
+# The bootstrap of typicality: seeded, so a batch always gets the same threshold and p-value.
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_SEED = 0
+# zlib stream framing inside PNG IDAT data: 2 header bytes + 4 Adler-32 bytes, carrying no information.
+_ZLIB_FRAMING_BYTES = 6
+_PNG_SIGNATURE_BYTES = 8
+_PNG_CHUNK_FRAMING_BYTES = 12  # length, type and CRC of every chunk
+
+
+def default_score(is_image: bool) -> ScoreName:
+    """The score that decides ``is_anomaly`` when a request does not choose: ``complexity`` for images.
+
+    ``complexity`` has the best worst-case AUROC of the per-item scores over the out-of-distribution sets of
+    ``bench/ood.py`` (docs/anomaly.md; it is still below 0.95 on shifted digits); vector models have no
+    compressor, so they default to ``nll``.
+    """
+    return "complexity" if is_image else "nll"
+
+
+# ------------------------------------------------------------------------------------------------ complexity
+def _png_payload_bytes(pixels: np.ndarray) -> int:
+    """Bytes of compressed image data in a PNG of ``pixels`` ``(H, W)``/``(H, W, 3)`` uint8, framing removed.
+
+    Pillow writes the PNG at the highest zlib level; only the IDAT payloads are counted (the signature, the
+    IHDR/IEND chunks, chunk framing and the zlib header/checksum are a constant ~63 bytes that would swamp the
+    ~250 bytes of a 28×28 digit).
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=9)
+    data = buffer.getvalue()
+    position, payload = _PNG_SIGNATURE_BYTES, 0
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IDAT":
+            payload += length
+        position += _PNG_CHUNK_FRAMING_BYTES + length
+    return payload - _ZLIB_FRAMING_BYTES
+
+
+def _deflate_bytes(pixels: np.ndarray) -> int:
+    """Bytes of a raw DEFLATE stream (level 9, no zlib header or checksum) of the pixels in row-major order."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return len(compressor.compress(pixels.tobytes()) + compressor.flush())
+
+
+_COMPRESSED_BYTES: dict[str, Callable[[np.ndarray], int]] = {"png": _png_payload_bytes, "deflate": _deflate_bytes}
+
+
+def compression_bits_per_dim(pixels: np.ndarray | torch.Tensor, compressor: Compressor) -> np.ndarray:
+    """``L(x)``: compressed length of each 8-bit image in bits per dimension.
+
+    Args:
+        pixels: ``(N, C, H, W)`` integer intensities 0..255 (any numeric dtype holding integers).
+        compressor: ``png`` (Pillow, level 9, IDAT payload only) or ``deflate`` (raw zlib level 9).
+
+    Returns:
+        float64 ``(N,)``.
+
+    Raises:
+        ValueError: an unknown compressor or pixels that are not ``(N, C, H, W)`` with C in (1, 3).
+    """
+    if compressor not in _COMPRESSED_BYTES:
+        raise ValueError(f"expected a compressor in {list(COMPRESSORS)}, got {compressor!r}")
+    array = pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    if array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise ValueError(f"expected pixels of shape (N, C, H, W) with C in (1, 3), got {array.shape}")
+    # (N, H, W, C) uint8: the byte order an image file stores
+    images = np.ascontiguousarray(array.astype(np.uint8).transpose(0, 2, 3, 1))
+    dimension = math.prod(array.shape[1:])
+    measure = _COMPRESSED_BYTES[compressor]
+    lengths = [measure(image[:, :, 0] if image.shape[2] == 1 else image) for image in images]
+    return np.asarray(lengths, dtype=np.float64) * 8.0 / dimension
+
+
+def complexity_scores(
+    bits_per_dim: np.ndarray | torch.Tensor, pixels: np.ndarray | torch.Tensor, compressor: Compressor
+) -> np.ndarray:
+    """Serrà et al.'s ``S(x) = bits/dim(x) − L(x)``, float64 ``(N,)`` (higher = more anomalous)."""
+    return _as_float64(bits_per_dim) - compression_bits_per_dim(pixels, compressor)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+@dataclass(frozen=True)
+class Calibrated:
+    """Scores placed against a reference distribution.
+
+    Attributes:
+        values: the scores, ``(N,)``.
+        percentile: percentage of reference scores strictly below each score, in ``[0, 100]``.
+        p_value: ``(1 + #{ref ≥ s}) / (n + 1)``, in ``(0, 1]``.
+        is_anomaly: ``p_value ≤ fpr``.
+        threshold: scores strictly above it are flagged; ``None`` when ``fpr < 1 / (n + 1)`` (no score can be).
+    """
+
+    values: np.ndarray
+    percentile: np.ndarray
+    p_value: np.ndarray
+    is_anomaly: np.ndarray
+    threshold: float | None
+
+
+def calibrate(scores: np.ndarray, reference: np.ndarray, fpr: float) -> Calibrated:
+    """Conformal p-values, percentiles and flags of ``scores`` against ``reference`` at false-positive rate ``fpr``.
+
+    For a score exchangeable with the ``n`` reference scores, ``P(p_value ≤ fpr) = ⌊fpr (n + 1)⌋ / (n + 1) ≤
+    fpr``.
+
+    Args:
+        scores: ``(N,)`` scores, higher = more anomalous.
+        reference: ``(n,)`` scores of held-out in-distribution items, ``n ≥ 1``.
+        fpr: target false-positive rate in ``(0, 1)``.
+
+    Raises:
+        ValueError: an empty or non-finite reference, or ``fpr`` outside ``(0, 1)``.
+    """
+    values = _as_float64(scores)
+    ordered = np.sort(_as_float64(reference))
+    if ordered.size == 0 or not np.isfinite(ordered).all():
+        raise ValueError(f"expected at least one finite reference score, got {ordered.size} values")
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"expected fpr in (0, 1), got {fpr}")
+    n = ordered.size
+    below = np.searchsorted(ordered, values, side="left")  # #{ref < s}
+    at_or_above = n - below  # #{ref ≥ s}
+    p_value = (1.0 + at_or_above) / (n + 1.0)
+    # p ≤ fpr  ⇔  #{ref ≥ s} ≤ k  ⇔  s > the (k+1)-th largest reference score
+    k = math.floor(fpr * (n + 1) + 1e-9) - 1
+    threshold = float(ordered[n - 1 - k]) if k >= 0 else None
+    return Calibrated(
+        values=values,
+        percentile=100.0 * below / n,
+        p_value=p_value,
+        is_anomaly=at_or_above <= k,
+        threshold=threshold,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ typicality
+@dataclass(frozen=True)
+class Typicality:
+    """The typicality test of one batch.
+
+    Attributes:
+        batch_size: ``M``, the items tested together.
+        mean_nll: mean bits/dim of the batch.
+        entropy: ``H``, mean bits/dim of the reference items (the model's entropy estimate).
+        calibrated: the statistic ``|mean_nll − H|`` against its bootstrap distribution (one value).
+    """
+
+    batch_size: int
+    mean_nll: float
+    entropy: float
+    calibrated: Calibrated
+
+
+def bootstrap_typicality(
+    reference_bits_per_dim: np.ndarray, batch_size: int, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, np.ndarray]:
+    """The entropy estimate ``H`` and ``draws`` bootstrap statistics ``|mean of M resampled refs − H|``.
+
+    Resampling is with replacement from a ``numpy`` generator seeded with ``seed``, so the result depends only
+    on the reference scores and ``batch_size``.
+
+    Returns:
+        ``(H, statistics (draws,))``.
+    """
+    reference = _as_float64(reference_bits_per_dim)
+    if reference.size < 2 or batch_size < 1:
+        raise ValueError(f"expected >= 2 reference scores and batch_size >= 1, got {reference.size}, {batch_size}")
+    entropy = float(reference.mean())
+    generator = np.random.default_rng(seed)
+    statistics = np.empty(draws, dtype=np.float64)
+    for start in range(0, draws, 256):  # bounded memory for large batches
+        stop = min(start + 256, draws)
+        picks = generator.integers(0, reference.size, size=(stop - start, batch_size))
+        statistics[start:stop] = np.abs(reference[picks].mean(axis=1) - entropy)
+    return entropy, statistics
+
+
+def typicality_test(batch_bits_per_dim: np.ndarray, entropy: float, bootstrap: np.ndarray, fpr: float) -> Typicality:
+    """Test one batch: ``|mean bits/dim − H|`` placed against the bootstrap statistics of the same batch size."""
+    batch = _as_float64(batch_bits_per_dim)
+    mean_nll = float(batch.mean())
+    statistic = np.array([abs(mean_nll - entropy)])
+    return Typicality(batch.size, mean_nll, entropy, calibrate(statistic, bootstrap, fpr))
+
+
+# ------------------------------------------------------------------------------------------------ explanation
+def log_likelihood_gradient(
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    log_likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """``d log p(x) / dx`` per item through the exported module (run with autograd on, off the event loop).
+
+    Args:
+        encode: the model's encode ``(B, *shape) -> (z, log_det)``, differentiable (TorchScript modules are,
+            frozen ones included, when called outside ``torch.inference_mode``).
+        log_likelihood: ``(z, log_det) -> (B,)`` nats.
+        x: ``(B, *shape)`` the points the model scores (image pixels at their bin centre).
+
+    Returns:
+        float32 ``(B, *shape)`` in nats per unit of the input.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = x.detach().clone().to(torch.float32).requires_grad_(True)
+        z, log_det = encode(leaf)
+        (gradient,) = torch.autograd.grad(log_likelihood(z, log_det).sum(), leaf)
+    return gradient.detach()
+
+
+def saliency_maps(gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(N, C, H, W)`` → 8-bit maps ``(N, 1, H, W)`` of ``|d log p / dx|`` summed over channels.
+
+    Each map is scaled to its own maximum (white = the pixel whose change moves the likelihood most).
+
+    Returns:
+        ``(maps uint8 (N, 1, H, W), scale (N,))`` with ``scale`` the maximum in nats per intensity unit.
+    """
+    magnitude = gradient.abs().sum(dim=1, keepdim=True).to(torch.float64)
+    scale = magnitude.flatten(1).amax(dim=1)
+    normalised = magnitude / scale.clamp_min(1e-30).view(-1, 1, 1, 1)
+    return torch.round(255.0 * normalised).clamp(0, 255).to(torch.uint8), scale
+
+
+def _as_float64(values: np.ndarray | torch.Tensor | list[float]) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)

@@ -1,0 +1,132 @@
+"""The scoring maths of ``service.anomaly``: conformal calibration, compression lengths, typicality, maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from service import anomaly
+
+
+def brute_force_p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return np.array([(1 + np.sum(reference >= s)) / (len(reference) + 1) for s in scores])
+
+
+def test_p_values_follow_the_conformal_formula_and_lie_in_0_1() -> None:
+    rng = np.random.default_rng(0)
+    reference = np.round(rng.normal(size=200), 2)  # ties on purpose
+    scores = np.r_[np.round(rng.normal(size=300), 2), reference[:10], -100.0, 100.0]
+    result = anomaly.calibrate(scores, reference, fpr=0.05)
+    np.testing.assert_allclose(result.p_value, brute_force_p_values(scores, reference))
+    assert np.all(result.p_value > 0) and np.all(result.p_value <= 1)
+    assert result.p_value[-2] == 1.0 and result.p_value[-1] == pytest.approx(1 / 201)
+    np.testing.assert_allclose(result.percentile, [100 * np.mean(reference < s) for s in scores])
+    # the threshold says the same as the p-values: flagged exactly when the score is above it
+    assert result.threshold is not None
+    np.testing.assert_array_equal(result.is_anomaly, result.p_value <= 0.05)
+    np.testing.assert_array_equal(result.is_anomaly, scores > result.threshold)
+
+
+@pytest.mark.parametrize("n", [19, 99, 500])
+@pytest.mark.parametrize("fpr", [0.01, 0.05, 0.1])
+def test_threshold_is_the_largest_reference_quantile_that_keeps_the_rate(n: int, fpr: float) -> None:
+    reference = np.arange(n, dtype=float)
+    result = anomaly.calibrate(reference, reference, fpr)
+    k = math.floor(fpr * (n + 1) + 1e-9) - 1  # at most k references may lie at or above a flagged score
+    if k < 0:
+        assert result.threshold is None and not result.is_anomaly.any()
+    else:
+        assert result.threshold == reference[n - 1 - k]
+        # on the reference itself the flagged fraction is floor(fpr (n + 1)) - 1 out of n <= fpr
+        assert result.is_anomaly.sum() == k and k / n <= fpr
+
+
+def test_fpr_below_one_over_n_plus_one_flags_nothing() -> None:
+    result = anomaly.calibrate(np.array([1e9]), np.zeros(50), fpr=0.01)
+    assert result.threshold is None and not result.is_anomaly[0] and result.p_value[0] == pytest.approx(1 / 51)
+
+
+def test_calibration_on_exchangeable_data() -> None:
+    """Scores of fresh in-distribution items are flagged at the requested rate, within sampling error."""
+    rng = np.random.default_rng(1)
+    n_ref, n_test, fpr = 1000, 20000, 0.05
+    reference, fresh = rng.gamma(2.0, size=n_ref), rng.gamma(2.0, size=n_test)
+    flagged = anomaly.calibrate(fresh, reference, fpr).is_anomaly.mean()
+    error = math.sqrt(fpr * (1 - fpr) * (1 / n_ref + 1 / n_test))  # test sampling + reference sampling
+    assert abs(flagged - fpr) < 3 * error
+
+
+def test_calibrate_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        anomaly.calibrate(np.zeros(2), np.array([]), 0.05)
+    with pytest.raises(ValueError, match="fpr"):
+        anomaly.calibrate(np.zeros(2), np.zeros(5), 1.0)
+
+
+@pytest.mark.parametrize("compressor", anomaly.COMPRESSORS)
+def test_compression_lengths_without_headers(compressor: str) -> None:
+    rng = np.random.default_rng(0)
+    constant = np.zeros((1, 1, 28, 28), dtype=np.uint8)
+    noise = rng.integers(0, 256, size=(1, 1, 28, 28), dtype=np.uint8)
+    color_noise = rng.integers(0, 256, size=(1, 3, 8, 8), dtype=np.uint8)
+    bits = anomaly.compression_bits_per_dim(np.concatenate([constant, noise]), compressor)
+    # a constant image costs a few bytes once the ~60 bytes of PNG/zlib framing are gone (0.6 bits/dim)
+    assert 0 < bits[0] < 0.15
+    # uniform noise is incompressible: about 8 bits per dimension (stored blocks + filter bytes)
+    assert 7.9 < bits[1] < 8.4
+    assert 7.5 < anomaly.compression_bits_per_dim(color_noise, compressor)[0] < 9.5
+    again = anomaly.compression_bits_per_dim(torch.from_numpy(np.concatenate([constant, noise])).float(), compressor)
+    np.testing.assert_array_equal(bits, again)  # deterministic, and tensors of floats work alike
+
+
+def test_compression_refuses_other_shapes_and_compressors() -> None:
+    with pytest.raises(ValueError, match="compressor"):
+        anomaly.compression_bits_per_dim(np.zeros((1, 1, 4, 4)), "gzip")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shape"):
+        anomaly.compression_bits_per_dim(np.zeros((1, 2, 4, 4)), "png")
+
+
+def test_complexity_is_bits_per_dim_minus_compressed_length() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 1, 8, 8))
+    bits = np.array([5.0, 6.0, 7.0])
+    expected = bits - anomaly.compression_bits_per_dim(pixels, "deflate")
+    np.testing.assert_allclose(anomaly.complexity_scores(bits, pixels, "deflate"), expected)
+
+
+def test_typicality_bootstrap_is_seeded_and_two_sided() -> None:
+    reference = np.random.default_rng(0).normal(1.0, 0.1, size=500)
+    entropy, bootstrap = anomaly.bootstrap_typicality(reference, batch_size=10)
+    entropy_again, bootstrap_again = anomaly.bootstrap_typicality(reference, batch_size=10)
+    assert entropy == entropy_again == pytest.approx(reference.mean())
+    np.testing.assert_array_equal(bootstrap, bootstrap_again)
+    assert bootstrap.shape == (anomaly.BOOTSTRAP_DRAWS,) and np.all(bootstrap >= 0)
+    # the bootstrap spread of a batch mean is about sd / sqrt(M)
+    assert np.quantile(bootstrap, 0.68) == pytest.approx(0.1 / math.sqrt(10), rel=0.2)
+    typical = anomaly.typicality_test(reference[:10], entropy, bootstrap, fpr=0.01)
+    too_likely = anomaly.typicality_test(np.full(10, 0.5), entropy, bootstrap, fpr=0.01)
+    too_unlikely = anomaly.typicality_test(np.full(10, 1.5), entropy, bootstrap, fpr=0.01)
+    assert not typical.calibrated.is_anomaly[0]
+    assert too_likely.calibrated.is_anomaly[0] and too_unlikely.calibrated.is_anomaly[0]
+    assert too_likely.calibrated.p_value[0] == pytest.approx(1 / (anomaly.BOOTSTRAP_DRAWS + 1))
+
+
+def test_gradient_and_saliency_maps() -> None:
+    weights = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten(1), (weights * x).flatten(1).sum(1)
+
+    def log_likelihood(z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+        return log_det.double()
+
+    with torch.inference_mode():  # the executor thread runs under inference mode; gradients must still flow
+        x = torch.rand(2, 1, 4, 4)
+        gradient = anomaly.log_likelihood_gradient(encode, log_likelihood, x)
+    torch.testing.assert_close(gradient, weights.expand(2, 1, 4, 4))
+    maps, scale = anomaly.saliency_maps(gradient)
+    assert maps.dtype == torch.uint8 and maps.shape == (2, 1, 4, 4)
+    assert maps.max() == 255 and scale.tolist() == pytest.approx([1.0, 1.0])
+    assert maps[0, 0, 0, 0] == 255 and maps[0, 0, 0, 1] == round(255 * (1 - 2 / 15))
