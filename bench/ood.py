@@ -11,8 +11,9 @@ validation digits whose scores the card stores). Out-of-distribution sets are bu
 * ``shifted``: the test digits shifted by 6 pixels (up, down, left or right at random, zero fill).
 
 Scores are computed exactly as the service computes them (``service.runner`` + ``service.anomaly``):
-``nll`` (bits/dim), ``complexity`` with the PNG and the deflate compressor, and ``typicality`` of single items
-(``|bits/dim − H|``, batch size 1) and of batches of 10 items drawn from one set.
+``nll`` (bits/dim), ``complexity`` with the PNG and the deflate compressor, ``latent`` (the latent's negative
+log-density per dimension under the Gaussian the card fitted to the validation latents), and ``typicality`` of
+single items (``|bits/dim − H|``, batch size 1) and of batches of 10 and 50 items drawn from one set.
 
     python bench/ood.py                                   # model_store/mnist, markdown table on stdout
     python bench/ood.py --model-dir model_store/mnist --json ood.json
@@ -92,23 +93,36 @@ def ood_sets(digits: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def bits_per_dim(runner: ModelRunner, pixels: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """The service's bits/dim of 8-bit images (bin centre, ``log N(z) + log_det``)."""
-    out = []
+def latents_and_bits_per_dim(
+    runner: ModelRunner, pixels: np.ndarray, batch_size: int = 250
+) -> tuple[np.ndarray, np.ndarray]:
+    """The service's latents ``(N, D)`` and bits/dim ``(N,)`` of 8-bit images (bin centre, ``log N(z) + log_det``)."""
+    latents, bits = [], []
     with torch.inference_mode():
         for batch in torch.from_numpy(pixels.astype(np.float32)).split(batch_size):
             z, log_det = runner.encode(runner.scoring_input(batch))
-            out.append(runner.bits_per_dim(runner.log_likelihood(z, log_det)))
-    return torch.cat(out).numpy()
+            latents.append(z)
+            bits.append(runner.bits_per_dim(runner.log_likelihood(z, log_det)))
+    return torch.cat(latents).numpy(), torch.cat(bits).numpy()
 
 
-def item_scores(runner: ModelRunner, pixels: np.ndarray, entropy: float) -> dict[str, np.ndarray]:
+def latent_gaussian(runner: ModelRunner) -> anomaly.LatentGaussian:
+    """The Gaussian the card fitted to the reference latents at export."""
+    references = runner.card.reference_scores
+    assert references is not None and references.latent_mean is not None, "re-export: the card lacks latent"
+    return anomaly.LatentGaussian(np.asarray(references.latent_mean), np.asarray(references.latent_std))
+
+
+def item_scores(
+    runner: ModelRunner, pixels: np.ndarray, entropy: float, gaussian: anomaly.LatentGaussian
+) -> dict[str, np.ndarray]:
     """Every per-item score of ``pixels``."""
-    bits = bits_per_dim(runner, pixels)
+    latents, bits = latents_and_bits_per_dim(runner, pixels)
     return {
         "nll": bits,
         "complexity (png)": anomaly.complexity_scores(bits, pixels, "png"),
         "complexity (deflate)": anomaly.complexity_scores(bits, pixels, "deflate"),
+        "latent": anomaly.latent_scores(latents, gaussian),
         "typicality (M=1)": np.abs(bits - entropy),
     }
 
@@ -136,6 +150,7 @@ def flagged_fractions(runner: ModelRunner, scores: dict[str, np.ndarray], fpr: f
     pairs = {
         "nll": (scores["nll"], references.bits_per_dim),
         f"complexity ({compressor})": (scores[f"complexity ({compressor})"], references.complexity),
+        "latent": (scores["latent"], references.latent),
         "typicality (M=1)": (scores["typicality (M=1)"], bootstrap),
     }
     return {
@@ -172,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     assert runner.card.reference_scores is not None, "the card has no reference scores"
     entropy = float(np.mean(runner.card.reference_scores.bits_per_dim))
     digits = held_out_digits(card)
-    inside = item_scores(runner, digits, entropy)
+    gaussian = latent_gaussian(runner)
+    inside = item_scores(runner, digits, entropy, gaussian)
     rng = np.random.default_rng(args.seed + 1)
     for size in TYPICALITY_BATCHES:
         inside[f"typicality (M={size})"] = batch_typicality(inside["nll"], entropy, size, rng)
@@ -180,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     aurocs: dict[str, dict[str, float]] = {}
     flagged = {f"test digits ({inside['nll'].mean():.2f})": flagged_fractions(runner, inside, args.fpr)}
     for name, pixels in ood_sets(digits, args.seed).items():
-        outside = item_scores(runner, pixels, entropy)
+        outside = item_scores(runner, pixels, entropy, gaussian)
         for size in TYPICALITY_BATCHES:
             outside[f"typicality (M={size})"] = batch_typicality(outside["nll"], entropy, size, rng)
         label = f"{name} ({outside['nll'].mean():.2f})"

@@ -7,6 +7,11 @@ Every score is oriented so that **higher means more anomalous**:
   with ``L(x)`` the length in bits per dimension of a lossless compression of the 8-bit image (image models
   only). Simple images (constant, smooth) get a high likelihood *and* a short code, so ``S`` cancels the bias
   that makes raw likelihood prefer them (Nalisnick et al., 2019a).
+* ``latent``: the negative log-density of the latent ``z = encode(x)`` (image pixels at their bin centre) under
+  a diagonal Gaussian ``N(μ, diag σ²)`` fitted to the reference latents at export, per dimension and without
+  the constant: ``mean_d 0.5 ((z_d − μ_d) / σ_d)² + log σ_d`` (nats). It leaves out the log-determinant, the term
+  that rewards simple images (Kirichenko et al., 2020), and measures where an item lands in latent space
+  relative to where held-out in-distribution items land.
 * ``typicality``: the test of Nalisnick et al. (2019b) for a batch of ``M`` items submitted together,
   ``|mean bits/dim of the batch − H|`` with ``H`` the model's entropy estimated on held-out data. It is
   two-sided: batches that are *too likely* are as atypical as batches that are too unlikely.
@@ -21,7 +26,8 @@ References:
     Serrà et al., "Input complexity and out-of-distribution detection with likelihood-based generative
     models", ICLR 2020. Nalisnick et al., "Do deep generative models know what they don't know?", ICLR 2019.
     Nalisnick et al., "Detecting out-of-distribution inputs to deep generative models using typicality",
-    arXiv:1906.02994, 2019.
+    arXiv:1906.02994, 2019. Kirichenko et al., "Why normalizing flows fail to detect out-of-distribution data",
+    NeurIPS 2020.
 """
 
 from __future__ import annotations
@@ -37,11 +43,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-ScoreName = Literal["nll", "complexity", "typicality"]
+ScoreName = Literal["nll", "complexity", "latent", "typicality"]
 Compressor = Literal["png", "deflate"]
 
-SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "typicality")
-ITEM_SCORES: tuple[ScoreName, ...] = ("nll", "complexity")
+SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "latent", "typicality")
+ITEM_SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "latent")
 COMPRESSORS: tuple[Compressor, ...] = ("png", "deflate")
 # What export stores and what the service uses when a card does not name its compressor (see docs/anomaly.md).
 DEFAULT_COMPRESSOR: Compressor = "png"
@@ -124,6 +130,43 @@ def complexity_scores(
 ) -> np.ndarray:
     """Serrà et al.'s ``S(x) = bits/dim(x) − L(x)``, float64 ``(N,)`` (higher = more anomalous)."""
     return _as_float64(bits_per_dim) - compression_bits_per_dim(pixels, compressor)
+
+
+# ------------------------------------------------------------------------------------------------ latent
+@dataclass(frozen=True)
+class LatentGaussian:
+    """A diagonal Gaussian ``N(mean, diag std²)`` over the latent space, ``(D,)`` each, ``std > 0``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def fit_latent_gaussian(latents: np.ndarray | torch.Tensor) -> LatentGaussian:
+    """Maximum-likelihood diagonal Gaussian of latents ``(n, D)``: per-dimension mean and (ddof 0) std.
+
+    Raises:
+        ValueError: fewer than 2 rows, non-finite latents, or a dimension with zero spread.
+    """
+    z = _as_float64_matrix(latents)
+    if z.shape[0] < 2 or not np.isfinite(z).all():
+        raise ValueError(f"expected >= 2 rows of finite latents, got shape {z.shape}")
+    std = z.std(axis=0)
+    if not (std > 0).all():
+        raise ValueError(f"expected latents with spread in every dimension, got zero std in {int((std <= 0).sum())}")
+    return LatentGaussian(mean=z.mean(axis=0), std=std)
+
+
+def latent_scores(latents: np.ndarray | torch.Tensor, gaussian: LatentGaussian) -> np.ndarray:
+    """``mean_d 0.5 ((z_d − μ_d) / σ_d)² + log σ_d`` per row of ``latents`` ``(N, D)``: float64 ``(N,)`` nats.
+
+    The negative log-density of ``z`` under ``gaussian`` divided by ``D``, without the ``0.5 log 2π``
+    constant (higher = more anomalous).
+    """
+    z = _as_float64_matrix(latents)
+    if z.shape[1] != gaussian.mean.size:
+        raise ValueError(f"expected latents of dimension {gaussian.mean.size}, got shape {z.shape}")
+    standardised = (z - gaussian.mean) / gaussian.std
+    return 0.5 * np.square(standardised).mean(axis=1) + float(np.log(gaussian.std).mean())
 
 
 # ------------------------------------------------------------------------------------------------ calibration
@@ -268,6 +311,13 @@ def saliency_maps(gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = magnitude.flatten(1).amax(dim=1)
     normalised = magnitude / scale.clamp_min(1e-30).view(-1, 1, 1, 1)
     return torch.round(255.0 * normalised).clamp(0, 255).to(torch.uint8), scale
+
+
+def _as_float64_matrix(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    return array.reshape(len(array), -1)
 
 
 def _as_float64(values: np.ndarray | torch.Tensor | list[float]) -> np.ndarray:

@@ -26,7 +26,8 @@ class AnomalyRequest(InputsRequest):
     score: ScoreName | None = Field(
         default=None,
         description="The score that decides `is_anomaly`: `complexity` (image models' default), `nll` (vector "
-        "models' default) or `typicality` (the whole batch, flagged together).",
+        "models' default), `latent` (the latent's log-density under a Gaussian fitted to held-out latents) or "
+        "`typicality` (the whole batch, flagged together).",
     )
     explain: bool = Field(
         default=False, description="Also return a PNG per image of |d log p / dx| (where the likelihood is lost)."
@@ -36,7 +37,9 @@ class AnomalyRequest(InputsRequest):
 class ItemScores(BaseModel):
     """One score per item, placed against the card's reference scores (higher = more anomalous)."""
 
-    values: list[float] = Field(description="The scores: bits/dim for `nll`, S(x) in bits/dim for `complexity`.")
+    values: list[float] = Field(
+        description="The scores: bits/dim for `nll`, S(x) in bits/dim for `complexity`, nats/dim for `latent`."
+    )
     percentile: list[float] = Field(description="Percentage of reference scores strictly below each score.")
     p_value: list[float] = Field(description="Conformal p-value (1 + #{ref ≥ s}) / (n + 1), in (0, 1].")
     is_anomaly: list[bool] = Field(description="p_value ≤ fpr.")

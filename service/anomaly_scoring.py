@@ -17,7 +17,7 @@ import torch
 from service import anomaly
 from service.anomaly import Compressor, ScoreName
 from service.anomaly_schemas import AnomalyScores, ItemScores, ReferenceInfo, TypicalityScore
-from service.card import ModelCard
+from service.card import ModelCard, ReferenceScores
 from service.codec import encode_png_base64
 from service.errors import DeadlineExceededError, InvalidInputError, ReferenceMissingError
 from service.registry import ServedModel
@@ -34,6 +34,8 @@ class References:
     bits_per_dim: np.ndarray
     complexity: np.ndarray | None
     compressor: Compressor
+    latent: np.ndarray | None = None
+    latent_gaussian: anomaly.LatentGaussian | None = None
     _bootstraps: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
 
     def typicality(self, batch_size: int) -> tuple[float, np.ndarray]:
@@ -58,9 +60,20 @@ def references(served: ServedModel) -> References | None:
                 bits_per_dim=np.asarray(scores.bits_per_dim, dtype=np.float64),
                 complexity=None if scores.complexity is None else np.asarray(scores.complexity, dtype=np.float64),
                 compressor=scores.complexity_compressor or anomaly.DEFAULT_COMPRESSOR,
+                **_latent_references(scores),
             )
         )
     return _references[served]
+
+
+def _latent_references(scores: ReferenceScores) -> dict[str, object]:
+    """The card's ``latent`` reference scores and fitted Gaussian, or nothing when the card predates them."""
+    if scores.latent is None or scores.latent_mean is None or scores.latent_std is None:
+        return {}
+    gaussian = anomaly.LatentGaussian(
+        mean=np.asarray(scores.latent_mean, dtype=np.float64), std=np.asarray(scores.latent_std, dtype=np.float64)
+    )
+    return {"latent": np.asarray(scores.latent, dtype=np.float64), "latent_gaussian": gaussian}
 
 
 def unavailable_reason(card: ModelCard, refs: References | None, score: ScoreName) -> str | None:
@@ -77,6 +90,11 @@ def unavailable_reason(card: ModelCard, refs: References | None, score: ScoreNam
         return (
             f"reference scores for 'complexity' missing from card of model {card.name!r} ({exported}, before "
             f"cards stored complexity references); {REEXPORT}, or choose score 'nll' or 'typicality'"
+        )
+    if score == "latent" and (refs.latent is None or refs.latent_gaussian is None):
+        return (
+            f"reference scores for 'latent' missing from card of model {card.name!r} ({exported}, before "
+            f"cards stored latent references); {REEXPORT}, or choose score 'nll' or 'typicality'"
         )
     if score == "typicality" and refs.bits_per_dim.size < 2:
         return f"typicality needs at least 2 reference scores; the card of model {card.name!r} has 1"
@@ -109,8 +127,10 @@ def _item_scores(calibrated: anomaly.Calibrated, compressor: str | None = None) 
     )
 
 
-async def score_batch(served: ServedModel, x: torch.Tensor, bits_per_dim: torch.Tensor, fpr: float) -> AnomalyScores:
-    """Every score the model can give for items ``x`` ``(N, *shape)`` with bits/dim ``(N,)``, at ``fpr``.
+async def score_batch(
+    served: ServedModel, x: torch.Tensor, latents: torch.Tensor, bits_per_dim: torch.Tensor, fpr: float
+) -> AnomalyScores:
+    """Every score the model can give for items ``x`` ``(N, *shape)`` with latents ``(N, D)`` and bits/dim ``(N,)``.
 
     Scores the card has no reference for are listed under ``unavailable`` with the reason.
     """
@@ -133,6 +153,10 @@ async def score_batch(served: ServedModel, x: torch.Tensor, bits_per_dim: torch.
             # compression is CPU work that releases the GIL: off the event loop, off the device thread
             values = await asyncio.to_thread(anomaly.complexity_scores, bits, x, refs.compressor)
             scores["complexity"] = _item_scores(anomaly.calibrate(values, refs.complexity, fpr), refs.compressor)
+        elif score == "latent":
+            assert refs.latent is not None and refs.latent_gaussian is not None, "unavailable_reason covers it"
+            values = anomaly.latent_scores(latents, refs.latent_gaussian)
+            scores["latent"] = _item_scores(anomaly.calibrate(values, refs.latent, fpr))
         else:
             entropy, bootstrap = refs.typicality(len(bits))
             test = anomaly.typicality_test(bits, entropy, bootstrap, fpr)

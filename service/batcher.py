@@ -290,10 +290,13 @@ class Batcher:
             )
         except Exception as exc:
             logger.error("batch of %d samples for model %r (%s) failed: %r", sum(sizes), self.model, direction, exc)
+            # Clients get the last line only: TorchScript errors carry the model's source code and file paths.
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            summary = lines[-1] if len(lines[-1]) <= 200 else lines[-1][:197] + "..."
             for entry in live:
                 if not entry.future.done():
                     entry.future.set_exception(
-                        InferenceFailedError(f"model {self.model!r} failed on a batch ({direction}): {exc}")
+                        InferenceFailedError(f"model {self.model!r} failed on a batch ({direction}): {summary}")
                     )
             return
         elapsed = time.perf_counter() - started

@@ -32,11 +32,16 @@ class ReferenceScores(BaseModel):
     # S = bits/dim − L per item, and the compressor that measured L.
     complexity: list[float] | None = None
     complexity_compressor: Literal["png", "deflate"] | None = None
+    # Optional, all three or none: the diagonal Gaussian fitted to the reference latents (D values each,
+    # latent_std > 0) and each reference item's ``latent`` score under it (docs/anomaly.md).
+    latent: list[float] | None = None
+    latent_mean: list[float] | None = None
+    latent_std: list[float] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ReferenceScores:
         count = len(self.bits_per_dim)
-        for key in ("log_likelihood", "bits_per_dim", "complexity"):
+        for key in ("log_likelihood", "bits_per_dim", "complexity", "latent", "latent_mean", "latent_std"):
             if not all(math.isfinite(value) for value in getattr(self, key) or ()):
                 raise ValueError(f"reference_scores.{key}: expected finite numbers, got NaN or Inf")
         if len(self.log_likelihood) != count:
@@ -49,6 +54,18 @@ class ReferenceScores(BaseModel):
                 f"reference_scores.complexity: expected {count} values and a complexity_compressor, "
                 f"got {len(self.complexity)} values and compressor {self.complexity_compressor!r}"
             )
+        latent = (self.latent, self.latent_mean, self.latent_std)
+        if any(part is not None for part in latent):
+            if any(part is None for part in latent):
+                raise ValueError("reference_scores: expected latent, latent_mean and latent_std together, got some")
+            assert self.latent is not None and self.latent_mean is not None and self.latent_std is not None
+            if len(self.latent) != count or len(self.latent_mean) != len(self.latent_std):
+                raise ValueError(
+                    f"reference_scores.latent: expected {count} values and latent_mean, latent_std of equal length, "
+                    f"got {len(self.latent)}, {len(self.latent_mean)} and {len(self.latent_std)}"
+                )
+            if not all(value > 0 for value in self.latent_std):
+                raise ValueError("reference_scores.latent_std: expected positive values, got zero or negative")
         return self
 
 
@@ -84,6 +101,12 @@ class ModelCard(BaseModel):
             raise ValueError(f"shape: expected positive sizes, got {self.shape}")
         if math.prod(self.shape) != self.dimension:
             raise ValueError(f"dimension: expected prod(shape) = {math.prod(self.shape)}, got {self.dimension}")
+        scores = self.reference_scores
+        if scores is not None and scores.latent_mean is not None and len(scores.latent_mean) != self.dimension:
+            raise ValueError(
+                f"reference_scores.latent_mean: expected {self.dimension} values (the dimension), "
+                f"got {len(scores.latent_mean)}"
+            )
         if self.data_kind == "image":
             if len(self.shape) != 3 or self.shape[0] not in (1, 3):
                 raise ValueError(f"shape: expected [C, H, W] with C in (1, 3) for an image, got {self.shape}")

@@ -14,10 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger(__name__)
 # FastAPI's 400 for a JSON body it cannot decode; answered as 422 with the reason, like any malformed JSON.
 FASTAPI_BODY_ERROR = "There was an error parsing the body"
+# nginx's "client closed request": never delivered (nobody listens), but it counts hang-ups in the metrics.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ServiceError(Exception):
@@ -152,6 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
         cause = exc.__cause__
         if isinstance(cause, ServiceError):  # FastAPI wraps what reading a JSON body raised (the streamed 413)
             return await on_service_error(request, cause)
+        if isinstance(cause, ClientDisconnect):
+            return await on_client_disconnect(request, cause)
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # not UTF-8, nested too deep, huge integer
             reason = f"{type(cause).__name__}: {cause}" if cause is not None else "unreadable"
@@ -163,6 +168,10 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"expected another method for {request.url.path}, got {request.method}"
         return error_response(exc.status_code, detail, getattr(exc, "headers", None))
 
+    async def on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        logger.info("%s %s: the client hung up before sending its whole body", request.method, request.url.path)
+        return error_response(CLIENT_CLOSED_REQUEST, "expected the whole request body, got a closed connection")
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error; the service logged it")
@@ -171,4 +180,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

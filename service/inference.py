@@ -66,6 +66,18 @@ async def encode(served: ServedModel, x: torch.Tensor, deadline: float) -> tuple
 
 async def log_likelihood(served: ServedModel, x: torch.Tensor, deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Data ``(N, *shape)`` → ``(log-likelihood in nats, bits per dimension)``, float64 ``(N,)`` each."""
+    _, nats, bits = await latents_and_log_likelihood(served, x, deadline)
+    return nats, bits
+
+
+async def latents_and_log_likelihood(
+    served: ServedModel, x: torch.Tensor, deadline: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Data ``(N, *shape)`` → ``(z (N, D), log-likelihood in nats (N,), bits per dimension (N,))``.
+
+    Raises:
+        InvalidInputError: an item outside the model's support or with a non-finite likelihood.
+    """
     runner = _runner(served)
     z, log_det = await encode(served, x, deadline)
     nats = runner.log_likelihood(z, log_det)
@@ -74,7 +86,7 @@ async def log_likelihood(served: ServedModel, x: torch.Tensor, deadline: float) 
         raise InvalidInputError(
             f"inputs: expected items with a finite likelihood, got non-finite values for items {items}"
         )
-    return nats, runner.bits_per_dim(nats)
+    return z, nats, runner.bits_per_dim(nats)
 
 
 async def decode(served: ServedModel, z: torch.Tensor, deadline: float, exclusive: bool = False) -> torch.Tensor:

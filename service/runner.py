@@ -13,6 +13,7 @@ switch).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -110,11 +111,13 @@ class ModelRunner:
         module_path = directory / MODULE_FILE
         if not module_path.is_file():
             raise ArtifactError(f"{module_path}: expected a TorchScript module, got no such file")
-        actual = file_sha256(module_path)
+        # Hash and deserialise the very same bytes: a file swapped after the check is never loaded.
+        data = module_path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
         if actual != card.sha256:
             raise ArtifactError(f"{module_path}: checksum mismatch: expected sha256 {card.sha256}, got {actual}")
         try:
-            module = torch.jit.load(str(module_path), map_location=device)
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
         except Exception as exc:  # TorchScript raises many types for corrupt archives
             raise ArtifactError(f"{module_path}: not a loadable TorchScript module: {exc}") from exc
         missing = [method for method in REQUIRED_METHODS if not hasattr(module, method)]

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="artifact folder, e.g. model_store/mnist")
     export.add_argument("--name", help="artifact name (default: the folder name)")
     export.add_argument("--version", default="1.0.0")
+    export.add_argument("--iw-samples", type=int, default=0, metavar="K",
+                        help="also record the importance-weighted test bits/dim over K dequantization draws")
     return parser
 
 
@@ -168,7 +170,8 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import ExportError, export_checkpoint
 
     try:
-        card = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version)
+        card = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version,
+                                 iw_samples=args.iw_samples)
     except ExportError as err:
         print(f"error: export refused: {err}", file=sys.stderr)
         return 1

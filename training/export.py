@@ -36,7 +36,7 @@ from torch import Tensor
 
 from models import Flow
 from models.export import EXPORTED_METHODS, to_torchscript
-from service.anomaly import DEFAULT_COMPRESSOR, complexity_scores
+from service.anomaly import DEFAULT_COMPRESSOR, complexity_scores, fit_latent_gaussian, latent_scores
 
 __all__ = ["EAGER_TOLERANCE", "ROUNDTRIP_TOLERANCE", "ExportError", "export_artifact", "export_checkpoint"]
 
@@ -113,6 +113,7 @@ def export_artifact(
             complexity = complexity_scores(bits, reference, DEFAULT_COMPRESSOR)
             reference_scores["complexity"] = [round(float(v), 6) for v in complexity]
             reference_scores["complexity_compressor"] = DEFAULT_COMPRESSOR
+        reference_scores.update(_latent_reference(loaded, reference, flow.data_kind))
         card = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -138,6 +139,21 @@ def export_artifact(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return card
+
+
+def _latent_reference(module: torch.jit.ScriptModule, reference: Tensor, kind: str) -> dict[str, list[float]]:
+    """The ``latent`` score's Gaussian fitted to the reference latents and each reference item's score under it.
+
+    Latents come from the exported module, with images at their bin centre as the service encodes them.
+    """
+    with torch.no_grad():
+        z = torch.cat([module.encode(batch + 0.5 if kind == "image" else batch)[0] for batch in reference.split(500)])
+    gaussian = fit_latent_gaussian(z)
+    return {
+        "latent": [round(float(v), 6) for v in latent_scores(z, gaussian)],
+        "latent_mean": [float(v) for v in gaussian.mean],
+        "latent_std": [float(v) for v in gaussian.std],
+    }
 
 
 def _close(actual: Tensor, expected: Tensor, tolerance: float) -> bool:
@@ -209,8 +225,17 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: str | None = None,
-                      version: str = "1.0.0", device: str = "cpu") -> dict[str, Any]:
+                      version: str = "1.0.0", device: str = "cpu", iw_samples: int = 0) -> dict[str, Any]:
     """Export a training checkpoint: test metrics on the test split, reference scores on the validation split.
+
+    Args:
+        checkpoint_path: the training checkpoint (EMA weights are exported when it has them).
+        out_dir: the artifact folder.
+        name: artifact name (default: the folder name).
+        version: artifact version.
+        device: where to compute the metrics.
+        iw_samples: for images, also record the importance-weighted test bits/dim over this many
+            dequantization draws (``test_iw_bits_per_dim``; 0 = skip).
 
     Returns:
         The card.
@@ -218,7 +243,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: st
     from training.checkpoint import check_same_data, load_flow
     from training.config import config_to_dict
     from training.data import load_data
-    from training.evaluate import log_likelihoods, summarize
+    from training.evaluate import importance_weighted_log_likelihoods, log_likelihoods, summarize
 
     flow, checkpoint = load_flow(checkpoint_path, device=device)
     data = load_data(checkpoint.config.data)
@@ -235,6 +260,10 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: st
         "steps": float(checkpoint.step),
         "training_seconds": float(checkpoint.extra.get("elapsed_s", 0.0)),
     }
+    if iw_samples and data.kind == "image":
+        iw = importance_weighted_log_likelihoods(flow, data.split("test"), iw_samples, batch, device)
+        metrics["test_iw_bits_per_dim"] = summarize(iw, flow.dim)["bits_per_dim"]
+        metrics["test_iw_samples"] = float(iw_samples)
     return export_artifact(
         flow.cpu(), out_dir, name=name or Path(out_dir).name, dataset={"name": data.name, "splits": data.sizes},
         metrics=metrics, reference=data.split("val"), config=config_to_dict(checkpoint.config), version=version,

@@ -3,7 +3,7 @@
 ``digits`` (1x8x8 RealNVP) and ``moons`` (2-D NVPNet) are untrained but perturbed flows; their reference scores
 are computed at export from ``REFERENCE_SIZE`` draws of a fixed "in-distribution" generator, so fresh draws of
 the same generator are exchangeable with the reference and the conformal guarantee can be tested. ``legacy`` is
-``digits`` with the card an export wrote before complexity references existed.
+``digits`` with the card an export wrote before complexity and latent references existed.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def anomaly_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     card = json.loads((root / "legacy" / "card.json").read_text())
     card["name"] = "legacy"
     card["created_at"] = "2026-11-01T10:00:00Z"
-    for key in ("complexity", "complexity_compressor"):
+    for key in ("complexity", "complexity_compressor", "latent", "latent_mean", "latent_std"):
         del card["reference_scores"][key]
     (root / "legacy" / "card.json").write_text(json.dumps(card, indent=2))
     return root

@@ -36,7 +36,7 @@ async def test_every_score_with_p_values_in_0_1(anomaly_client: httpx.AsyncClien
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "digits" and body["score"] == "complexity" and body["fpr"] == 0.01
-    assert set(body["scores"]) == {"nll", "complexity"} and body["unavailable"] == {}
+    assert set(body["scores"]) == {"nll", "complexity", "latent"} and body["unavailable"] == {}
     assert body["reference"] == {"split": "val", "size": REFERENCE_SIZE}
     for score in body["scores"].values():
         assert len(score["values"]) == len(score["p_value"]) == len(score["is_anomaly"]) == 5
@@ -58,6 +58,13 @@ async def test_scores_match_log_likelihood_and_the_maths(anomaly_client: httpx.A
     np.testing.assert_allclose(body["scores"]["nll"]["values"], body["bits_per_dim"])
     expected = anomaly.complexity_scores(np.array(body["bits_per_dim"]), images, anomaly.DEFAULT_COMPRESSOR)
     np.testing.assert_allclose(body["scores"]["complexity"]["values"], expected)
+    encoded = (await anomaly_client.post("/encode", json={"model": "digits", "inputs": as_inputs(images)})).json()
+    runner = anomaly_client.app.state.context.registry.models["digits"].runner  # type: ignore[attr-defined]
+    refs = runner.card.reference_scores
+    gaussian = anomaly.LatentGaussian(np.array(refs.latent_mean), np.array(refs.latent_std))
+    expected_latent = anomaly.latent_scores(np.array(encoded["latents"]), gaussian)
+    np.testing.assert_allclose(body["scores"]["latent"]["values"], expected_latent, rtol=1e-6)
+    assert body["scores"]["latent"]["compressor"] is None
     from_anomaly = (await post_anomaly(anomaly_client, model="digits", inputs=as_inputs(images))).json()
     for key in ("scores", "typicality", "fpr", "reference", "unavailable"):
         assert from_anomaly[key] == body[key], key
@@ -115,8 +122,11 @@ async def test_explain_returns_a_map_per_image(anomaly_client: httpx.AsyncClient
 async def test_vector_model_scores(anomaly_client: httpx.AsyncClient) -> None:
     points = [*moon_points(3, seed=13).tolist(), [40.0, -40.0]]
     body = (await post_anomaly(anomaly_client, model="moons", inputs=points)).json()
-    assert body["score"] == "nll" and set(body["scores"]) == {"nll"}
+    assert body["score"] == "nll" and set(body["scores"]) == {"nll", "latent"}
     assert "vector model" in body["unavailable"]["complexity"]
+    by_latent = (await post_anomaly(anomaly_client, model="moons", inputs=points, score="latent")).json()
+    assert by_latent["score"] == "latent" and by_latent["is_anomaly"] == by_latent["scores"]["latent"]["is_anomaly"]
+    assert by_latent["is_anomaly"][-1]
     assert body["is_anomaly"][-1] and body["scores"]["nll"]["p_value"][-1] == pytest.approx(1 / (REFERENCE_SIZE + 1))
 
 
@@ -133,6 +143,11 @@ async def test_old_cards_load_and_say_which_reference_is_missing(anomaly_client:
     assert by_nll.status_code == 200 and set(by_nll.json()["scores"]) == {"nll"}
     scored = (await anomaly_client.post("/log-likelihood", json={"model": "legacy", "inputs": images})).json()
     assert set(scored["scores"]) == {"nll"} and scored["unavailable"]["complexity"] == detail
+    by_latent = await post_anomaly(anomaly_client, model="legacy", inputs=images, score="latent")
+    assert by_latent.status_code == 409
+    latent_detail = by_latent.json()["detail"]
+    assert "reference scores for 'latent' missing from card of model 'legacy'" in latent_detail
+    assert "python -m training export" in latent_detail and scored["unavailable"]["latent"] == latent_detail
 
 
 @pytest.mark.parametrize(
@@ -211,8 +226,8 @@ async def test_calibration_on_fresh_in_distribution_items(anomaly_client: httpx.
     fpr, count = 0.05, 400
     error = math.sqrt(fpr * (1 - fpr) * (1 / count + 1 / REFERENCE_SIZE))
     for model, items, scores in (
-        ("digits", as_inputs(bar_images(count, seed=2)), ("nll", "complexity")),
-        ("moons", moon_points(count, seed=2).tolist(), ("nll",)),
+        ("digits", as_inputs(bar_images(count, seed=2)), ("nll", "complexity", "latent")),
+        ("moons", moon_points(count, seed=2).tolist(), ("nll", "latent")),
     ):
         body = (await post_anomaly(anomaly_client, model=model, inputs=items, fpr=fpr)).json()
         for score in scores:
@@ -234,7 +249,7 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 FIELDS = st.sampled_from(["model", "inputs", "images", "fpr", "score", "explain"])
-OPTIONS = st.sampled_from(["digits", "moons", "legacy", "nll", "complexity", "typicality", 0.05, True])
+OPTIONS = st.sampled_from(["digits", "moons", "legacy", "nll", "complexity", "latent", "typicality", 0.05, True])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

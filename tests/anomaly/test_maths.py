@@ -130,3 +130,28 @@ def test_gradient_and_saliency_maps() -> None:
     assert maps.dtype == torch.uint8 and maps.shape == (2, 1, 4, 4)
     assert maps.max() == 255 and scale.tolist() == pytest.approx([1.0, 1.0])
     assert maps[0, 0, 0, 0] == 255 and maps[0, 0, 0, 1] == round(255 * (1 - 2 / 15))
+
+
+def test_latent_score_is_the_gaussian_negative_log_density_per_dimension() -> None:
+    gaussian = anomaly.LatentGaussian(mean=np.array([1.0, -2.0]), std=np.array([2.0, 0.5]))
+    z = np.array([[1.0, -2.0], [3.0, -2.0], [1.0, -1.5]])
+    # at the mean: only the log σ term, mean(log 2, log 0.5) = 0; one σ away in one of two dims: 0.5 · 1² / 2
+    np.testing.assert_allclose(anomaly.latent_scores(z, gaussian), [0.0, 0.25, 0.25], atol=1e-12)
+    # against scipy-free brute force: −log N(z; μ, diag σ²) / D − 0.5 log 2π
+    points = np.random.default_rng(0).normal(size=(5, 2))
+    log_density = -0.5 * (((points - gaussian.mean) / gaussian.std) ** 2 + np.log(2 * np.pi * gaussian.std**2))
+    np.testing.assert_allclose(
+        anomaly.latent_scores(torch.from_numpy(points), gaussian), -log_density.mean(axis=1) - 0.5 * np.log(2 * np.pi)
+    )
+
+
+def test_latent_gaussian_fit_is_the_maximum_likelihood_one() -> None:
+    latents = np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 13.0]])
+    gaussian = anomaly.fit_latent_gaussian(latents)
+    np.testing.assert_allclose(gaussian.mean, [2.0, 11.0])
+    np.testing.assert_allclose(gaussian.std, [math.sqrt(8 / 3), math.sqrt(2.0)])
+    for bad in (latents[:1], np.array([[0.0, 1.0], [0.0, 2.0]]), np.array([[np.nan, 1.0], [0.0, 2.0]])):
+        with pytest.raises(ValueError, match="expected"):
+            anomaly.fit_latent_gaussian(bad)
+    with pytest.raises(ValueError, match="dimension 2"):
+        anomaly.latent_scores(np.zeros((1, 3)), gaussian)

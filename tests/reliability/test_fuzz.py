@@ -139,7 +139,9 @@ def plausible_case(draw: st.DrawFn, operation: Any) -> Any:
         query = {"model": draw(st.sampled_from(["digits", "digits", "moons"])), "n": draw(st.integers(1, 20))}
         return operation.Case(query=query)
     if path == "/decode":
-        latents = [[draw(FLOATS) for _ in range(64 if model == "digits" else 2)] for _ in range(draw(st.integers(1, 3)))]
+        latents = [
+            [draw(FLOATS) for _ in range(64 if model == "digits" else 2)] for _ in range(draw(st.integers(1, 3)))
+        ]
         return operation.Case(body={"model": model, "latents": latents, "format": fmt}, media_type="application/json")
     if path == "/interpolate":
         method = draw(st.sampled_from(["linear", "slerp", "manifold"]))
@@ -149,7 +151,10 @@ def plausible_case(draw: st.DrawFn, operation: Any) -> Any:
     if path in ("/log-likelihood", "/encode", "/anomaly"):
         body = draw(scoring_body())
         query: dict[str, Any] = {}
-        options = {"fpr": draw(st.floats(min_value=0.001, max_value=0.5)), "score": draw(st.sampled_from(["nll", "typicality"]))}
+        options = {
+            "fpr": draw(st.floats(min_value=0.001, max_value=0.5)),
+            "score": draw(st.sampled_from(["nll", "typicality"])),
+        }
         if path == "/anomaly":
             options["explain"] = model == "digits" and draw(st.booleans())
         if "files" in body:
@@ -260,7 +265,9 @@ def test_fuzz_every_endpoint_from_the_openapi_schema(schema: Any) -> None:
             st.sampled_from(["keep", *MODELS]),
         ).map(lambda pair: _with_served_model(*pair))
         _run_stream(tally, "positive", positive, EXAMPLES["positive"])
-        _run_stream(tally, "negative", operation.as_strategy(generation_mode=GenerationMode.NEGATIVE), EXAMPLES["negative"])
+        _run_stream(
+            tally, "negative", operation.as_strategy(generation_mode=GenerationMode.NEGATIVE), EXAMPLES["negative"]
+        )
         if operation.path not in ("/healthz", "/readyz", "/metrics", "/models"):
             _run_stream(tally, "plausible", plausible_case(operation), EXAMPLES["plausible"])
 
@@ -275,8 +282,19 @@ def test_fuzz_every_endpoint_from_the_openapi_schema(schema: Any) -> None:
     assert not tally.failures, f"{len(tally.failures)} failures; first ones:\n" + "\n\n".join(tally.failures[:5])
     assert server_errors == 0
     assert tally.requests >= MIN_REQUESTS * min(SCALE, 1.0), tally.requests
-    expected_paths = {"/sample", "/sample.png", "/decode", "/log-likelihood", "/encode", "/interpolate", "/models",
-                      "/models/{name}", "/healthz", "/readyz", "/metrics"}
+    expected_paths = {
+        "/sample",
+        "/sample.png",
+        "/decode",
+        "/log-likelihood",
+        "/encode",
+        "/interpolate",
+        "/models",
+        "/models/{name}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     assert expected_paths <= paths, paths
     # The plausible stream reaches the models: every model endpoint answered 200 many times (schema-checked).
     for path in sorted(paths - {"/healthz", "/readyz", "/metrics", "/models"}):

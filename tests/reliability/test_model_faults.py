@@ -53,7 +53,9 @@ async def test_a_raising_batch_fails_only_its_requests(faulty_store: Path, caplo
         assert await batches(client, "decode") == decode_before + 1
         for response in answers[:6]:
             assert response.status_code == 500, response.text
-            assert "model 'faulty' failed on a batch (encode)" in response.json()["detail"]
+            detail = response.json()["detail"]
+            assert detail.startswith("model 'faulty' failed on a batch (encode)") and "injected fault" in detail
+            assert "Traceback" not in detail and ".py" not in detail  # no model source or paths in the body
         assert [response.status_code for response in answers[6:]] == [200] * 3
 
         # The next batch of the same direction succeeds.

@@ -155,13 +155,14 @@ def test_export_checks_its_inputs(tmp_path):
 def test_cli_export_evaluate_and_sample_a_checkpoint(tmp_path):
     last = fit(image_config(tmp_path, "train.epochs=1", "train.sample_every=0"))
     store = tmp_path / "model_store" / "tiny"
-    result = run_cli("export", "--checkpoint", str(last), "--out", str(store))
+    result = run_cli("export", "--checkpoint", str(last), "--out", str(store), "--iw-samples", "2")
     summary = json.loads(result.stdout)
     card = json.loads((store / "card.json").read_text())
     assert summary["sha256"] == card["sha256"] and card["name"] == "tiny"
     assert card["dataset"] == {"name": "array", "splits": {"train": 472, "val": 64, "test": 64}}
     assert len(card["reference_scores"]["log_likelihood"]) == 64
     assert card["training_config"]["model"]["type"] == "RealNVP"
+    assert card["metrics"]["test_iw_samples"] == 2 and math.isfinite(card["metrics"]["test_iw_bits_per_dim"])
     evaluated = json.loads(run_cli("evaluate", "--checkpoint", str(last), "--split", "test").stdout)
     assert evaluated["bits_per_dim"] == pytest.approx(card["metrics"]["test_bits_per_dim"], rel=1e-6)
     grid = tmp_path / "grid.png"

@@ -68,7 +68,7 @@ async def score_anomaly(
     score: Annotated[ScoreName | None, Query(description="multipart bodies only: see `score`.")] = None,
     explain_maps: Annotated[bool, Query(alias="explain", description="multipart bodies only: see `explain`.")] = False,
 ) -> Response:
-    """Calibrated anomaly scores (`nll`, `complexity`, `typicality`) per item and `is_anomaly` at `fpr`.
+    """Calibrated anomaly scores (`nll`, `complexity`, `latent`, `typicality`) per item and `is_anomaly` at `fpr`.
 
     A JSON body is an `/log-likelihood` body plus `fpr`, `score` and `explain`; a multipart body of image files
     takes them from the query string (`/anomaly?fpr=0.05&explain=true`). docs/anomaly.md explains the scores.
@@ -92,8 +92,8 @@ async def score_anomaly(
     require(card, references(served), deciding)
     if options.explain:
         require_image_model(card, "explain")
-    _, bits = await inference.log_likelihood(served, x, deadline)
-    result = await score_batch(served, x, bits, options.fpr or context.settings.anomaly_fpr)
+    latents, _, bits = await inference.latents_and_log_likelihood(served, x, deadline)
+    result = await score_batch(served, x, latents, bits, options.fpr or context.settings.anomaly_fpr)
     maps, scales = None, None
     if options.explain:
         registry = context.registry

@@ -83,8 +83,8 @@ async def log_likelihood(
     deadline = context.deadline()
     served = context.model(request, payload.model)
     x = payload_tensor(served.card, payload, context.settings.max_samples)
-    nats, bits = await inference.log_likelihood(served, x, deadline)
-    scores = await score_batch(served, x, bits, fpr or context.settings.anomaly_fpr)
+    latents, nats, bits = await inference.latents_and_log_likelihood(served, x, deadline)
+    scores = await score_batch(served, x, latents, bits, fpr or context.settings.anomaly_fpr)
     return json_response(
         ScoredLogLikelihoodResponse.model_construct(
             model=served.name, log_likelihood=nats.tolist(), bits_per_dim=bits.tolist(), **dict(scores)
