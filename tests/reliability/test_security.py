@@ -48,6 +48,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoints_never_unpickle_arbitrary_objects(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.pt"
