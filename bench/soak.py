@@ -56,6 +56,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="give up (and fail) after this long")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the server process (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
@@ -67,6 +74,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -75,10 +88,13 @@ def rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def server(model_dir: Path, log_path: Path, torch_threads: int) -> Iterator[tuple[str, subprocess.Popen]]:
+def server(
+    model_dir: Path, log_path: Path, torch_threads: int, extra_env: dict[str, str]
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m service`` on a free port; yields ``(base URL, process)`` once ``/readyz`` is 200."""
     port = free_port()
     env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning", "TORCH_THREADS": str(torch_threads)}
+    env.update(extra_env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
@@ -247,14 +263,20 @@ async def soak(url: str, pid: int, mix: Mix, args: argparse.Namespace) -> dict[s
             rss_samples.append((issued, rss_mib(pid)))
             await asyncio.sleep(1.0)
 
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    started = time.perf_counter()
+    # Idle connections are dropped after 2 s, below uvicorn's 5 s keep-alive timeout: with httpx's default (also
+    # 5 s) a request sent on a connection the server is closing at that instant fails with ReadError (a race
+    # of HTTP/1.1 keep-alive, not a service error; proxies in front of it need the same ordering).
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency, keepalive_expiry=2.0
+    )
+    started, cpu_started = time.perf_counter(), cpu_seconds(pid)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         watcher = asyncio.create_task(watch_memory())
         await asyncio.wait_for(
             asyncio.gather(*(worker(client) for _ in range(args.concurrency))), timeout=args.max_seconds
         )
         duration = time.perf_counter() - started
+        server_cpu = cpu_seconds(pid) - cpu_started
         await asyncio.sleep(1.0)  # idle: the last responses are released
         end_rss = rss_mib(pid)
         watcher.cancel()
@@ -272,6 +294,8 @@ async def soak(url: str, pid: int, mix: Mix, args: argparse.Namespace) -> dict[s
         "warmup_requests": args.warmup,
         "duration_s": round(duration, 1),
         "throughput_rps": round(sum(statuses.values()) / duration, 1),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / sum(statuses.values()), 2),
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
         "statuses": dict(sorted(statuses.items())),
         "unexpected": len(unexpected),
         "unexpected_examples": unexpected[:10],
@@ -283,7 +307,9 @@ async def soak(url: str, pid: int, mix: Mix, args: argparse.Namespace) -> dict[s
             "end": round(end_rss, 1),
             "max": round(max([baseline, end_rss, *(rss for _, rss in rss_samples)]), 1),
             "growth": round(end_rss - baseline, 1),
-            "samples": [(count, round(rss, 1)) for count, rss in rss_samples[:: max(1, len(rss_samples) // 20)]],
+            "by_requests_sent": {
+                str(count): round(rss, 1) for count, rss in rss_samples[:: max(1, len(rss_samples) // 20)]
+            },
         },
         "readyz_after": final_health,
         "queue_depth_after": queue_left,
@@ -309,13 +335,15 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def main() -> int:
     args = parse_args()
     log_path = Path(tempfile.mkdtemp(prefix="soak-")) / "server.log"
-    with server(args.model_dir, log_path, args.torch_threads) as (url, process):
+    extra_env = dict(item.split("=", 1) for item in args.server_env)
+    with server(args.model_dir, log_path, args.torch_threads, extra_env) as (url, process):
         models = httpx.get(f"{url}/models", timeout=10).json()["models"]
         cards = {card["name"]: card for card in models}
         mix = Mix(cards, args.invalid_share, args.seed)
         result = asyncio.run(soak(url, process.pid, mix, args))
     log = log_path.read_text(errors="replace")
     result["models"] = sorted(cards)
+    result["server_env"] = extra_env
     result["server_log_error_lines"] = sum(1 for line in log.splitlines() if " ERROR " in line or "Traceback" in line)
     result["server_log"] = str(log_path)
     goals = {

@@ -169,7 +169,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, detail, getattr(exc, "headers", None))
 
     async def on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
-        logger.info("%s %s: the client hung up before sending its whole body", request.method, request.url.path)
+        logger.info("%s %r: the client hung up before sending its whole body", request.method, request.url.path)
         return error_response(CLIENT_CLOSED_REQUEST, "expected the whole request body, got a closed connection")
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
