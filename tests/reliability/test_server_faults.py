@@ -290,6 +290,7 @@ def test_client_disconnects_leak_nothing_and_spread_no_error(server: LiveServer)
         rss_before_mib=round(rss_before, 1),
         rss_after_mib=round(rss_after, 1),
         server_errors=errors_after - errors_before,
+        counted_as_499=server.metric("realnvp_requests_total", status="499"),
     )
 
 
