@@ -9,6 +9,7 @@ import argparse
 import functools
 import json
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,31 +36,35 @@ def randomised_model() -> RealNVP:
     return flow.eval()
 
 
-def throughput(fn: Callable[[], object], batch: int, min_seconds: float, repeats: int) -> float:
-    """Best-of-``repeats`` samples/s, each repeat running ``fn`` for at least ``min_seconds``."""
-    fn()  # warm-up (TorchScript profiling runs, allocator)
-    fn()
-    best = 0.0
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
+def paired_throughput(
+    eager_fn: Callable[[], object], exported_fn: Callable[[], object], batch: int, rounds: int
+) -> tuple[float, float]:
+    """Samples/s of two paths, their calls interleaved so that load from other processes hits both alike.
+
+    Each round times one call of each path (order alternating); the figure is the median over rounds.
+    """
+    for fn in (eager_fn, exported_fn, eager_fn, exported_fn):  # warm-up: allocator, TorchScript first runs
+        fn()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(rounds):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for which in order:
+            fn = eager_fn if which == 0 else exported_fn
+            start = time.perf_counter()
             fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        best = max(best, calls * batch / elapsed)
-    return best
+            times[which].append(time.perf_counter() - start)
+    return batch / statistics.median(times[0]), batch / statistics.median(times[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8 only, short timings")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=7, help="timed calls per path and configuration")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = [1, 8] if args.quick else [1, 64, 256]
-    min_seconds, repeats = (0.2, 1) if args.quick else (1.0, 2)
+    rounds = 3 if args.quick else args.rounds
 
     eager = randomised_model()
     exported = to_torchscript(eager)
@@ -72,14 +77,15 @@ def main() -> None:
             max_diff = (exported.log_prob(x) - eager.log_prob(x)).abs().max().item()
         row = {"batch": batch, "max_abs_diff_log_prob": max_diff}
         for mode, context in (("eval", torch.no_grad), ("inference_mode", torch.inference_mode)):
-            for path, model in (("eager", eager), ("torchscript", exported)):
-                with context():
-                    score = functools.partial(model.log_prob, x)
-                    draw = functools.partial(model.decode, z)
-                    row[f"log_prob_{path}_{mode}"] = throughput(score, batch, min_seconds, repeats)
-                    row[f"sample_{path}_{mode}"] = throughput(draw, batch, min_seconds, repeats)
-            for op in ("log_prob", "sample"):
-                row[f"{op}_speedup_{mode}"] = row[f"{op}_torchscript_{mode}"] / row[f"{op}_eager_{mode}"]
+            with context():
+                for op, eager_fn, exported_fn in (
+                    ("log_prob", functools.partial(eager.log_prob, x), functools.partial(exported.log_prob, x)),
+                    ("sample", functools.partial(eager.decode, z), functools.partial(exported.decode, z)),
+                ):
+                    eager_rate, exported_rate = paired_throughput(eager_fn, exported_fn, batch, rounds)
+                    row[f"{op}_eager_{mode}"] = eager_rate
+                    row[f"{op}_torchscript_{mode}"] = exported_rate
+                    row[f"{op}_speedup_{mode}"] = exported_rate / eager_rate
         results.append(row)
         print(json.dumps(row), file=sys.stderr)
     report = {
