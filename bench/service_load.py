@@ -25,9 +25,7 @@ import io
 import json
 import os
 import resource
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -41,6 +39,7 @@ import torch
 from PIL import Image
 
 from service.config import Settings
+from service.testing import spawn_server
 
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("log-likelihood", "sample")
@@ -63,50 +62,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def server(model_dir: Path, log_path: Path, **settings: Any) -> Iterator[tuple[str, int]]:
     """Run ``python -m service`` with the given settings; yield ``(base URL, pid)`` once /readyz is 200."""
-    port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning"}
-    env.update({key.upper(): str(value) for key, value in settings.items() if value is not None})
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        give_up = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=5)
-                if ready.status_code == 200:
-                    break
-                if ready.json().get("status") == "failed":
-                    raise RuntimeError(f"server not ready: {ready.text}")
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > give_up:
-                raise RuntimeError("server did not become ready in 300 s")
-            time.sleep(0.2)
+    env = {"LOG_LEVEL": "warning", **{key.upper(): str(value) for key, value in settings.items() if value is not None}}
+    with spawn_server(model_dir, log_path, env=env, ready_timeout_s=300) as (process, url):
         yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def cpu_seconds(pid: int | None = None) -> float:

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+from service.testing import cpu_seconds, rss_mib, spawn_server
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_GROWTH_LIMIT_MIB = 50.0
@@ -68,65 +69,14 @@ def parse_args() -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @contextmanager
 def server(
     model_dir: Path, log_path: Path, torch_threads: int, extra_env: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m service`` on a free port; yields ``(base URL, process)`` once ``/readyz`` is 200."""
-    port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning", "TORCH_THREADS": str(torch_threads)}
-    env.update(extra_env)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        give_up = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=5)
-                if ready.status_code == 200:
-                    break
-                if ready.json().get("status") == "failed":
-                    raise RuntimeError(f"server not ready: {ready.text}")
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > give_up:
-                raise RuntimeError("server did not become ready in 300 s")
-            time.sleep(0.2)
+    env = {"LOG_LEVEL": "warning", "TORCH_THREADS": str(torch_threads), **extra_env}
+    with spawn_server(model_dir, log_path, env=env, ready_timeout_s=300) as (process, url):
         yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 # ------------------------------------------------------------------------------------------------- requests

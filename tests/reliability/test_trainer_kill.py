@@ -2,8 +2,9 @@
 
 tests/training/test_interrupt.py kills once at a fixed point and checks the resumed position. Here:
 
-* a run is SIGKILLed twice at random moments, resumed each time, and its final checkpoint must evaluate like
-  an uninterrupted run's (the kill delays come from a printed seed: ``RELIABILITY_SEED=N`` replays them);
+* a run is SIGKILLed twice at random moments (a random step of its progress plus a random fraction of a
+  second), resumed each time, and its final checkpoint must evaluate like an uninterrupted run's (the moments
+  come from a printed seed: ``RELIABILITY_SEED=N`` replays them);
 * a process is SIGKILLed half-way through writing a checkpoint, and through each step of an export: the file
   the next reader opens (``last.pt``, ``MODEL_DIR/NAME``) is always a complete, verified one.
 """
@@ -38,6 +39,7 @@ from training.export import export_artifact
 from training.train import fit
 
 EPOCHS = 3  # 14 steps per epoch on the tiny image set: 42 steps, about a second per epoch
+STEPS = 14 * EPOCHS
 # A resumed run takes exactly the steps of the uninterrupted one (seeded data order and noise, restored RNG and
 # optimizer), so the expected difference is 0; the tolerance is 1e-3 bits/dim, 50x below the spread between two
 # training seeds of this config (0.054 bits/dim measured: 7.575 vs 7.628).
@@ -69,15 +71,15 @@ def _records(metrics: Path, kind: str) -> list[dict]:
     return records
 
 
-def _wait_for_an_epoch(metrics: Path, process, after_step: int, timeout: float = 90.0) -> None:
-    """Until the process has finished an epoch past ``after_step`` (its checkpoint is being written or done)."""
+def _wait_for_step(metrics: Path, process, step: int, timeout: float = 90.0) -> bool:
+    """Until the process logs training step ``step``; False when it exits first."""
     give_up = time.monotonic() + timeout
-    while not any(record["step"] > after_step for record in _records(metrics, "epoch")):
-        assert process.poll() is None or process.returncode == 0, process.communicate()
-        if process.poll() == 0:
-            return
-        assert time.monotonic() < give_up, "training did not start"
-        time.sleep(0.01)
+    while not any(record["step"] >= step for record in _records(metrics, "train")):
+        if process.poll() is not None:
+            return False
+        assert time.monotonic() < give_up, "training did not reach the step in time"
+        time.sleep(0.005)
+    return True
 
 
 def _check_run_folder(run: Path) -> int:
@@ -103,35 +105,37 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     config_path = write_toml(config, tmp_path / "tiny.toml")
     run, metrics = tmp_path / "run", tmp_path / "run" / "metrics.jsonl"
     kills = []
-    for _ in range(KILLS):
+    for kill in range(KILLS):
         resume_step = _check_run_folder(run) if run.exists() else 0
+        # A random moment of the run's progress (a step, then up to 0.2 s more: inside a step, an evaluation or
+        # a checkpoint write), independent of the machine's speed. The last kill comes after the first epoch,
+        # so the final resume always starts from a checkpoint.
+        earliest = resume_step + 1 if kill < KILLS - 1 else max(resume_step + 1, 15)
+        target, jitter = rng.randint(earliest, STEPS - 1), rng.uniform(0.0, 0.2)
+        logged_before = len(_records(metrics, "train"))
         process = start_fit(config_path, *(["--resume"] if resume_step else []))
-        # A random moment after this process's first epoch: inside the next epoch, during its evaluation or
-        # checkpoint write, or after the end (then nothing is killed).
-        _wait_for_an_epoch(metrics, process, resume_step)
-        delay = rng.uniform(0.0, 2.0)
-        time.sleep(delay)
+        reached = _wait_for_step(metrics, process, target)
+        time.sleep(jitter)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
-        if process.returncode == 0:  # finished before the kill
-            break
-        assert process.returncode == -signal.SIGKILL
-        last_logged = max(record["step"] for record in _records(metrics, "train"))
+        assert reached and process.returncode == -signal.SIGKILL, process.returncode
+        last_logged = max(record["step"] for record in _records(metrics, "train")[logged_before:])
         saved = _check_run_folder(run)
-        assert saved <= last_logged
-        assert saved > resume_step  # this process's first epoch was saved before the kill
+        assert resume_step <= saved <= last_logged
         kills.append(
             {
                 "resumed_from_step": resume_step,
-                "killed_after_s": round(delay, 3),
+                "killed_at_step": target,
+                "then_s": round(jitter, 3),
                 "last_logged_step": last_logged,
                 "checkpoint_step": saved,
             }
         )
+    assert kills[-1]["checkpoint_step"] >= 14
     if load_checkpoint(run / "last.pt").epoch < EPOCHS:
         run_cli("fit", "--config", str(config_path), "--resume")
     resumed = load_checkpoint(run / "last.pt")
-    assert (resumed.epoch, resumed.step) == (EPOCHS, 14 * EPOCHS)
+    assert (resumed.epoch, resumed.step) == (EPOCHS, STEPS)
 
     reference = fit(apply_overrides(config, [f'out_dir="{tmp_path / "reference"}"']))
     resumed_bpd = evaluate_checkpoint(run / "last.pt", "test", 0, 0, "cpu")["bits_per_dim"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,50 +15,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.testing import spawn_server
 from tests.service.helpers import digit_images, metric_value, png_b64
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
 def running_server(
     store: Path, log_path: Path, command: list[str] | None = None, **env: str
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Start the service as a subprocess, wait until /readyz is 200, yield ``(process, base_url)``."""
-    port = free_port()
-    environment = {**os.environ, "MODEL_DIR": str(store), "LOG_LEVEL": "info", **env}
-    argv = command or [sys.executable, "-m", "service"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*argv, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        give_up = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < give_up, log_path.read_text()
-            time.sleep(0.1)
+    with spawn_server(store, log_path, env=env, command=command) as (process, base_url):
         yield process, base_url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
 
 
 def test_http_over_tcp(store: Path, tmp_path: Path) -> None:
