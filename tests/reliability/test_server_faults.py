@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.reliability.live import LiveServer, live_server, open_fds, rss_mib
+from service.testing import rss_mib
+from tests.reliability.live import LiveServer, live_server, open_fds
 from tests.service.helpers import digit_images, png_b64
 
 MIB = 1 << 20
