@@ -12,7 +12,7 @@ from service.anomaly_schemas import AnomalyRequest, AnomalyResponse
 from service.anomaly_scoring import decision, explain, references, require, score_batch
 from service.api.deps import ContextDep, InputsPayload, body_kind, parse_inputs_body
 from service.api.render import json_response
-from service.api.routes.scoring import payload_tensor
+from service.api.routes.scoring import MULTIPART_FILES_DOC, payload_tensor
 from service.errors import InvalidInputError
 from service.inputs import require_image_model
 from service.schemas import EXAMPLE_PNG, ErrorBody, error_responses
@@ -44,17 +44,7 @@ OPENAPI_BODY = {
                     "vector": {"value": {"model": "moons", "inputs": [[0.5, -0.25]], "score": "nll"}},
                 },
             },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "model": {"type": "string", "example": "mnist"},
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    },
-                    "required": ["files"],
-                },
-                "example": {"model": "mnist", "files": ["digit.png"]},
-            },
+            "multipart/form-data": MULTIPART_FILES_DOC,
         },
     }
 }

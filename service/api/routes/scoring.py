@@ -25,6 +25,20 @@ router = APIRouter(tags=["scoring"])
 ERRORS = error_responses(401, 404, 413, 422, 503, 504)
 
 
+# OpenAPI of a multipart body of image files (with an optional ``model`` field), shared by every route taking one.
+MULTIPART_FILES_DOC: dict[str, Any] = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string", "example": "mnist"},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        },
+        "required": ["files"],
+    },
+    "example": {"model": "mnist", "files": ["digit.png"]},
+}
+
+
 def _request_body_doc() -> dict[str, Any]:
     """OpenAPI for a body FastAPI does not parse itself: JSON ``InputsRequest`` or multipart files."""
     return {
@@ -38,17 +52,7 @@ def _request_body_doc() -> dict[str, Any]:
                         "inputs": {"summary": "vectors", "value": {"model": "moons", "inputs": [[0.5, -0.25]]}},
                     },
                 },
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "model": {"type": "string", "example": "mnist"},
-                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        },
-                        "required": ["files"],
-                    },
-                    "example": {"model": "mnist", "files": ["digit.png"]},
-                },
+                "multipart/form-data": MULTIPART_FILES_DOC,
             },
         }
     }
