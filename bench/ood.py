@@ -12,7 +12,8 @@ validation digits whose scores the card stores). Out-of-distribution sets are bu
 
 Scores are computed exactly as the service computes them (``service.runner`` + ``service.anomaly``):
 ``nll`` (bits/dim), ``complexity`` with the PNG and the deflate compressor, ``latent`` (the latent's negative
-log-density per dimension under the Gaussian the card fitted to the validation latents), and ``typicality`` of
+log-density per dimension under the Gaussian the card fitted to the validation latents), ``combined`` (Fisher's
+combination of the conformal p-values of ``complexity`` and ``latent``; the service's default), and ``typicality`` of
 single items (``|bits/dim − H|``, batch size 1) and of batches of 10 and 50 items drawn from one set.
 
     python bench/ood.py                                   # model_store/mnist, markdown table on stdout
@@ -117,12 +118,19 @@ def item_scores(
     runner: ModelRunner, pixels: np.ndarray, entropy: float, gaussian: anomaly.LatentGaussian
 ) -> dict[str, np.ndarray]:
     """Every per-item score of ``pixels``."""
+    references = runner.card.reference_scores
+    assert references is not None and references.complexity is not None and references.latent is not None
     latents, bits = latents_and_bits_per_dim(runner, pixels)
+    complexity = anomaly.complexity_scores(bits, pixels, references.complexity_compressor or "png")
+    latent = anomaly.latent_scores(latents, gaussian)
     return {
         "nll": bits,
         "complexity (png)": anomaly.complexity_scores(bits, pixels, "png"),
         "complexity (deflate)": anomaly.complexity_scores(bits, pixels, "deflate"),
-        "latent": anomaly.latent_scores(latents, gaussian),
+        "latent": latent,
+        "combined": anomaly.combined_scores(
+            [complexity, latent], [np.asarray(references.complexity), np.asarray(references.latent)]
+        ),
         "typicality (M=1)": np.abs(bits - entropy),
     }
 
@@ -151,6 +159,10 @@ def flagged_fractions(runner: ModelRunner, scores: dict[str, np.ndarray], fpr: f
         "nll": (scores["nll"], references.bits_per_dim),
         f"complexity ({compressor})": (scores[f"complexity ({compressor})"], references.complexity),
         "latent": (scores["latent"], references.latent),
+        "combined": (
+            scores["combined"],
+            anomaly.combined_reference([np.asarray(references.complexity), np.asarray(references.latent)]),
+        ),
         "typicality (M=1)": (scores["typicality (M=1)"], bootstrap),
     }
     return {

@@ -25,9 +25,10 @@ class AnomalyRequest(InputsRequest):
     fpr: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False, description=_FPR_DESCRIPTION)
     score: ScoreName | None = Field(
         default=None,
-        description="The score that decides `is_anomaly`: `complexity` (image models' default), `nll` (vector "
-        "models' default), `latent` (the latent's log-density under a Gaussian fitted to held-out latents) or "
-        "`typicality` (the whole batch, flagged together).",
+        description="The score that decides `is_anomaly`: `combined` (image models' default: Fisher's "
+        "combination of the `complexity` and `latent` p-values), `nll` (vector models' default), `complexity` "
+        "(bits/dim minus compressed length), `latent` (the latent's log-density under a Gaussian fitted to "
+        "held-out latents) or `typicality` (the whole batch, flagged together).",
     )
     explain: bool = Field(
         default=False, description="Also return a PNG per image of |d log p / dx| (where the likelihood is lost)."
@@ -38,7 +39,8 @@ class ItemScores(BaseModel):
     """One score per item, placed against the card's reference scores (higher = more anomalous)."""
 
     values: list[float] = Field(
-        description="The scores: bits/dim for `nll`, S(x) in bits/dim for `complexity`, nats/dim for `latent`."
+        description="The scores: bits/dim for `nll`, S(x) in bits/dim for `complexity`, nats/dim for `latent`, "
+        "−log p_complexity − log p_latent for `combined`."
     )
     percentile: list[float] = Field(description="Percentage of reference scores strictly below each score.")
     p_value: list[float] = Field(description="Conformal p-value (1 + #{ref ≥ s}) / (n + 1), in (0, 1].")
@@ -99,31 +101,45 @@ class AnomalyResponse(AnomalyScores, AnomalyDecision):
             "examples": [
                 {
                     "model": "mnist",
-                    "score": "complexity",
+                    "score": "combined",
                     "is_anomaly": [True],
                     "fpr": 0.01,
                     "scores": {
                         "nll": {
-                            "values": [41.494],
+                            "values": [87.862],
                             "percentile": [100.0],
                             "p_value": [0.001996],
                             "is_anomaly": [True],
                             "threshold": 1.802,
                         },
                         "complexity": {
-                            "values": [33.158],
+                            "values": [79.525],
                             "percentile": [100.0],
                             "p_value": [0.001996],
                             "is_anomaly": [True],
                             "threshold": -0.026,
                             "compressor": "png",
                         },
+                        "latent": {
+                            "values": [2863.847],
+                            "percentile": [100.0],
+                            "p_value": [0.001996],
+                            "is_anomaly": [True],
+                            "threshold": 1.013,
+                        },
+                        "combined": {
+                            "values": [12.433],
+                            "percentile": [100.0],
+                            "p_value": [0.001996],
+                            "is_anomaly": [True],
+                            "threshold": 6.953,
+                        },
                     },
                     "typicality": {
                         "batch_size": 1,
-                        "mean_nll": 41.494,
+                        "mean_nll": 87.862,
                         "entropy": 1.058,
-                        "value": 40.436,
+                        "value": 86.804,
                         "percentile": 100.0,
                         "p_value": 0.0005,
                         "is_anomaly": True,
@@ -180,7 +196,10 @@ class ScoredLogLikelihoodResponse(AnomalyScores, LogLikelihoodResponse):
                         "bootstrap_draws": 2000,
                     },
                     "reference": {"split": "val", "size": 2000},
-                    "unavailable": {"complexity": "complexity needs 8-bit images; model 'moons' is a vector model"},
+                    "unavailable": {
+                        "complexity": "complexity needs 8-bit images; model 'moons' is a vector model",
+                        "combined": "combined needs 8-bit images; model 'moons' is a vector model",
+                    },
                 }
             ]
         },

@@ -7,6 +7,7 @@ scores a model cannot give and why, and runs the gradient of ``explain`` on the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from service.errors import DeadlineExceededError, InvalidInputError, ReferenceMi
 from service.registry import ServedModel
 from service.runner import ModelRunner
 
+INLINE_COMPRESSION_PIXELS = 16 * 28 * 28  # up to ~1 ms of compression runs on the event loop
 REEXPORT = "re-export it with `python -m training export --checkpoint CHECKPOINT --out model_store/NAME`"
 
 
@@ -37,6 +39,13 @@ class References:
     latent: np.ndarray | None = None
     latent_gaussian: anomaly.LatentGaussian | None = None
     _bootstraps: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def combined(self) -> np.ndarray | None:
+        """The ``combined`` scores of the reference items (``None`` without complexity and latent references)."""
+        if self.complexity is None or self.latent is None:
+            return None
+        return anomaly.combined_reference([self.complexity, self.latent])
 
     def typicality(self, batch_size: int) -> tuple[float, np.ndarray]:
         """``(H, bootstrap statistics)`` for batches of ``batch_size`` (seeded; cached per batch size)."""
@@ -78,8 +87,8 @@ def _latent_references(scores: ReferenceScores) -> dict[str, object]:
 
 def unavailable_reason(card: ModelCard, refs: References | None, score: ScoreName) -> str | None:
     """Why ``score`` cannot be computed for this model, or ``None`` when it can."""
-    if score == "complexity" and not card.is_image:
-        return f"complexity needs 8-bit images; model {card.name!r} is a vector model"
+    if score in ("complexity", "combined") and not card.is_image:
+        return f"{score} needs 8-bit images; model {card.name!r} is a vector model"
     exported = f"exported {card.created_at}" if card.created_at else "exported"
     if refs is None:
         return (
@@ -96,6 +105,11 @@ def unavailable_reason(card: ModelCard, refs: References | None, score: ScoreNam
             f"reference scores for 'latent' missing from card of model {card.name!r} ({exported}, before "
             f"cards stored latent references); {REEXPORT}, or choose score 'nll' or 'typicality'"
         )
+    if score == "combined" and (refs.complexity is None or refs.latent is None):
+        return (
+            f"reference scores for 'combined' (of 'complexity' and 'latent') missing from card of model "
+            f"{card.name!r} ({exported}, before cards stored both); {REEXPORT}, or choose score 'nll' or 'typicality'"
+        )
     if score == "typicality" and refs.bits_per_dim.size < 2:
         return f"typicality needs at least 2 reference scores; the card of model {card.name!r} has 1"
     return None
@@ -111,8 +125,10 @@ def require(card: ModelCard, refs: References | None, score: ScoreName) -> None:
     reason = unavailable_reason(card, refs, score)
     if reason is None:
         return
-    if score == "complexity" and not card.is_image:
-        raise InvalidInputError(f"score: expected 'nll' or 'typicality' for vector model {card.name!r}, got {score!r}")
+    if score in ("complexity", "combined") and not card.is_image:
+        raise InvalidInputError(
+            f"score: expected 'nll', 'latent' or 'typicality' for vector model {card.name!r}, got {score!r}"
+        )
     raise ReferenceMissingError(reason)
 
 
@@ -140,6 +156,7 @@ async def score_batch(
     scores: dict[str, ItemScores] = {}
     unavailable: dict[str, str] = {}
     typicality = None
+    part_values: dict[str, np.ndarray] = {}  # complexity and latent, which combined reuses (computed first)
     for score in anomaly.SCORES:
         reason = unavailable_reason(card, refs, score)
         if reason is not None:
@@ -150,13 +167,19 @@ async def score_batch(
             scores["nll"] = _item_scores(anomaly.calibrate(bits, refs.bits_per_dim, fpr))
         elif score == "complexity":
             assert refs.complexity is not None, "unavailable_reason covers a missing complexity reference"
-            # compression is CPU work that releases the GIL: off the event loop, off the device thread
-            values = await asyncio.to_thread(anomaly.complexity_scores, bits, x, refs.compressor)
-            scores["complexity"] = _item_scores(anomaly.calibrate(values, refs.complexity, fpr), refs.compressor)
+            part_values["complexity"] = await _complexity(bits, x, refs.compressor)
+            calibrated = anomaly.calibrate(part_values["complexity"], refs.complexity, fpr)
+            scores["complexity"] = _item_scores(calibrated, refs.compressor)
         elif score == "latent":
             assert refs.latent is not None and refs.latent_gaussian is not None, "unavailable_reason covers it"
-            values = anomaly.latent_scores(latents, refs.latent_gaussian)
-            scores["latent"] = _item_scores(anomaly.calibrate(values, refs.latent, fpr))
+            part_values["latent"] = anomaly.latent_scores(latents, refs.latent_gaussian)
+            scores["latent"] = _item_scores(anomaly.calibrate(part_values["latent"], refs.latent, fpr))
+        elif score == "combined":
+            assert refs.complexity is not None and refs.latent is not None and refs.combined is not None
+            values = anomaly.combined_scores(
+                [part_values["complexity"], part_values["latent"]], [refs.complexity, refs.latent]
+            )
+            scores["combined"] = _item_scores(anomaly.calibrate(values, refs.combined, fpr))
         else:
             entropy, bootstrap = refs.typicality(len(bits))
             test = anomaly.typicality_test(bits, entropy, bootstrap, fpr)
@@ -175,6 +198,17 @@ async def score_batch(
     return AnomalyScores.model_construct(
         fpr=fpr, scores=scores, typicality=typicality, reference=reference, unavailable=unavailable
     )
+
+
+async def _complexity(bits: np.ndarray, x: torch.Tensor, compressor: Compressor) -> np.ndarray:
+    """Complexity scores, compressed off the event loop only when that is worth a thread hop.
+
+    A 28×28 PNG takes ~80 µs; handing it to a thread costs more latency than that, so small requests are
+    compressed inline and only large ones (compression releases the GIL) go to a worker thread.
+    """
+    if x[0].numel() * len(x) <= INLINE_COMPRESSION_PIXELS:
+        return anomaly.complexity_scores(bits, x, compressor)
+    return await asyncio.to_thread(anomaly.complexity_scores, bits, x, compressor)
 
 
 def decision(result: AnomalyScores, score: ScoreName, count: int) -> list[bool]:

@@ -283,11 +283,12 @@ class Batcher:
                 self._metrics.queue_wait.labels(model=self.model).observe(now - entry.enqueued_at)
             self._metrics.batch_size.labels(model=self.model, direction=direction).observe(sum(sizes))
         operation = self._operations[direction]
+        chunks = [entry.rows for entry in live]
+        inputs = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(
-                self._executor, _run_batch, operation, [entry.rows for entry in live], sizes
-            )
+            results = await loop.run_in_executor(self._executor, _run_batch, operation, inputs)
+            outputs = _split_rows(results, sizes)
         except Exception as exc:
             logger.error("batch of %d samples for model %r (%s) failed: %r", sum(sizes), self.model, direction, exc)
             # Clients get the last line only: TorchScript errors carry the model's source code and file paths.
@@ -308,15 +309,25 @@ class Batcher:
                 entry.future.set_result(result)
 
 
-def _run_batch(operation: BatchFn, chunks: list[torch.Tensor], sizes: list[int]) -> list[tuple[torch.Tensor, ...]]:
-    """Executor side: concatenate, run, check the row count, split back per entry."""
+def _run_batch(operation: BatchFn, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Executor side: run one batch and check its row count.
+
+    Concatenating and splitting happen on the event loop: every torch call from Python drops and retakes the
+    GIL, and each retake on this thread can wait a switch interval for the busy event loop.
+    """
     with torch.inference_mode():
-        inputs = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         result = operation(inputs)
-        outputs = result if isinstance(result, tuple) else (result,)
-        expected = inputs.shape[0]
-        for output in outputs:
-            if output.shape[0] != expected:
-                raise RuntimeError(f"expected {expected} output rows, got {output.shape[0]}")
-        per_output = [output.split(sizes) for output in outputs]
+    outputs = result if isinstance(result, tuple) else (result,)
+    expected = inputs.shape[0]
+    for output in outputs:
+        if output.shape[0] != expected:
+            raise RuntimeError(f"expected {expected} output rows, got {output.shape[0]}")
+    return outputs
+
+
+def _split_rows(outputs: tuple[torch.Tensor, ...], sizes: list[int]) -> list[tuple[torch.Tensor, ...]]:
+    """Per-entry ``tuple`` of output rows, in order (views of ``outputs``)."""
+    if len(sizes) == 1:
+        return [outputs]
+    per_output = [output.split(sizes) for output in outputs]
     return [tuple(parts) for parts in zip(*per_output, strict=True)]

@@ -141,13 +141,20 @@ class ModelRunner:
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Data ``(B, *shape)`` → ``(z (B, D), log_det (B,))``, on CPU, float32."""
         with torch.jit.optimized_execution(False):
-            z, log_det = self.module.encode(x.to(self.device, torch.float32))
-        return z.to("cpu", torch.float32), log_det.to("cpu", torch.float32)
+            z, log_det = self.module.encode(self._to_device(x))
+        return _to_cpu(z), _to_cpu(log_det)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent ``(B, D)`` → data ``(B, *shape)`` in the module's continuous data space, on CPU."""
         with torch.jit.optimized_execution(False):
-            return self.module.decode(z.to(self.device, torch.float32)).to("cpu", torch.float32)
+            return _to_cpu(self.module.decode(self._to_device(z)))
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        # Every torch call from Python drops and retakes the GIL; on the device thread each retake can wait a
+        # whole switch interval for the busy event loop, so calls that would be no-ops are skipped.
+        if x.device == self.device and x.dtype == torch.float32:
+            return x
+        return x.to(self.device, torch.float32)
 
     def reference_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """The module's own ``log_prob`` of data ``(B, *shape)``, float64 on CPU (used to check the contract)."""
@@ -221,3 +228,10 @@ class ModelRunner:
                 "log_prob: expected log_prob(x) == log N(encode(x').z) + log_det with x' = "
                 f"{'x + 0.5' if self.card.is_image else 'x'}, got {reference.tolist()} vs {derived.tolist()}"
             )
+
+
+def _to_cpu(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float32 CPU tensor, without a torch call when it already is one (see ``_to_device``)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return x
+    return x.to("cpu", torch.float32)

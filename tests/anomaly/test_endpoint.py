@@ -35,14 +35,14 @@ async def test_every_score_with_p_values_in_0_1(anomaly_client: httpx.AsyncClien
     response = await post_anomaly(anomaly_client, model="digits", inputs=as_inputs(images))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == "digits" and body["score"] == "complexity" and body["fpr"] == 0.01
-    assert set(body["scores"]) == {"nll", "complexity", "latent"} and body["unavailable"] == {}
+    assert body["model"] == "digits" and body["score"] == "combined" and body["fpr"] == 0.01
+    assert set(body["scores"]) == {"nll", "complexity", "latent", "combined"} and body["unavailable"] == {}
     assert body["reference"] == {"split": "val", "size": REFERENCE_SIZE}
     for score in body["scores"].values():
         assert len(score["values"]) == len(score["p_value"]) == len(score["is_anomaly"]) == 5
         assert all(0 < p <= 1 for p in score["p_value"]) and all(0 <= q <= 100 for q in score["percentile"])
         assert score["is_anomaly"] == [p <= 0.01 for p in score["p_value"]]
-    assert body["is_anomaly"] == body["scores"]["complexity"]["is_anomaly"]
+    assert body["is_anomaly"] == body["scores"]["combined"]["is_anomaly"]
     assert body["scores"]["complexity"]["compressor"] == anomaly.DEFAULT_COMPRESSOR
     typicality = body["typicality"]
     assert typicality["batch_size"] == 5 and 0 < typicality["p_value"] <= 1
@@ -65,6 +65,11 @@ async def test_scores_match_log_likelihood_and_the_maths(anomaly_client: httpx.A
     expected_latent = anomaly.latent_scores(np.array(encoded["latents"]), gaussian)
     np.testing.assert_allclose(body["scores"]["latent"]["values"], expected_latent, rtol=1e-6)
     assert body["scores"]["latent"]["compressor"] is None
+    parts = [body["scores"][part]["values"] for part in anomaly.COMBINED_PARTS]
+    expected_combined = anomaly.combined_scores(
+        [np.array(v) for v in parts], [np.array(refs.complexity), np.array(refs.latent)]
+    )
+    np.testing.assert_allclose(body["scores"]["combined"]["values"], expected_combined, rtol=1e-9)
     from_anomaly = (await post_anomaly(anomaly_client, model="digits", inputs=as_inputs(images))).json()
     for key in ("scores", "typicality", "fpr", "reference", "unavailable"):
         assert from_anomaly[key] == body[key], key
@@ -137,12 +142,16 @@ async def test_old_cards_load_and_say_which_reference_is_missing(anomaly_client:
     missing = await post_anomaly(anomaly_client, model="legacy", inputs=images)
     assert missing.status_code == 409
     detail = missing.json()["detail"]
-    assert "reference scores for 'complexity' missing from card of model 'legacy'" in detail
+    assert "reference scores for 'combined' (of 'complexity' and 'latent') missing from card of model 'legacy'" in (
+        detail
+    )
     assert "exported 2026-11-01T10:00:00Z" in detail and "python -m training export" in detail
     by_nll = await post_anomaly(anomaly_client, model="legacy", inputs=images, score="nll")
     assert by_nll.status_code == 200 and set(by_nll.json()["scores"]) == {"nll"}
     scored = (await anomaly_client.post("/log-likelihood", json={"model": "legacy", "inputs": images})).json()
-    assert set(scored["scores"]) == {"nll"} and scored["unavailable"]["complexity"] == detail
+    assert set(scored["scores"]) == {"nll"} and scored["unavailable"]["combined"] == detail
+    complexity_detail = scored["unavailable"]["complexity"]
+    assert "reference scores for 'complexity' missing from card of model 'legacy'" in complexity_detail
     by_latent = await post_anomaly(anomaly_client, model="legacy", inputs=images, score="latent")
     assert by_latent.status_code == 409
     latent_detail = by_latent.json()["detail"]
@@ -158,6 +167,7 @@ async def test_old_cards_load_and_say_which_reference_is_missing(anomaly_client:
         {"model": "digits", "inputs": [[[[0] * 8] * 8]], "fpr": 1.5},
         {"model": "digits", "inputs": [[[[0] * 8] * 8]], "explain": "yes"},
         {"model": "moons", "inputs": [[0.0, 0.0]], "score": "complexity"},
+        {"model": "moons", "inputs": [[0.0, 0.0]], "score": "combined"},
         {"model": "moons", "inputs": [[0.0, 0.0]], "explain": True},
     ],
 )

@@ -96,6 +96,36 @@ def test_complexity_is_bits_per_dim_minus_compressed_length() -> None:
     np.testing.assert_allclose(anomaly.complexity_scores(bits, pixels, "deflate"), expected)
 
 
+def test_combined_is_fisher_of_conformal_p_values() -> None:
+    complexity, latent = np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 30.0, 20.0, 40.0])
+    # an item at 2.5 (complexity) and 35 (latent): 2 of 4 and 1 of 4 references at or above it
+    value = anomaly.combined_scores([np.array([2.5]), np.array([35.0])], [complexity, latent])
+    np.testing.assert_allclose(value, [-math.log(3 / 5) - math.log(2 / 5)])
+    # each reference item against the 3 others, same denominator n + 1 = 5
+    leave_one_out = [4 / 5, 3 / 5, 2 / 5, 1 / 5]
+    np.testing.assert_allclose(anomaly.leave_one_out_p_values(complexity), leave_one_out)
+    np.testing.assert_allclose(anomaly.leave_one_out_p_values(latent), [4 / 5, 2 / 5, 3 / 5, 1 / 5])
+    expected = -np.log(leave_one_out) - np.log([4 / 5, 2 / 5, 3 / 5, 1 / 5])
+    np.testing.assert_allclose(anomaly.combined_reference([complexity, latent]), expected)
+
+
+def test_combined_calibration_holds_for_exchangeable_items() -> None:
+    """Items drawn like the references are flagged at about ``fpr``, never clearly more (conservative by design)."""
+    rng = np.random.default_rng(3)
+    n, m, fpr = 500, 20_000, 0.05
+    # two correlated parts, as complexity and latent are (both grow with the item's bits/dim)
+    shared = rng.normal(size=n + m)
+    parts = [shared + rng.normal(size=n + m), 0.5 * shared + rng.normal(size=n + m)]
+    references, items = [p[:n] for p in parts], [p[n:] for p in parts]
+    calibrated = anomaly.calibrate(
+        anomaly.combined_scores(items, references), anomaly.combined_reference(references), fpr
+    )
+    flagged = float(calibrated.is_anomaly.mean())
+    error = math.sqrt(fpr * (1 - fpr) * (1 / m + 1 / n))
+    assert fpr - 3 * error < flagged < fpr + 3 * error, (flagged, error)
+    assert np.all((calibrated.p_value > 0) & (calibrated.p_value <= 1))
+
+
 def test_typicality_bootstrap_is_seeded_and_two_sided() -> None:
     reference = np.random.default_rng(0).normal(1.0, 0.1, size=500)
     entropy, bootstrap = anomaly.bootstrap_typicality(reference, batch_size=10)

@@ -57,12 +57,12 @@ async def test_flagged_fraction_of_held_out_digits_at_fpr_005(
     n_test, n_ref = len(test_digits), body["reference"]["size"]
     # sampling error of a conformal flag rate: the test items' and the reference items' binomial errors
     error = math.sqrt(fpr * (1 - fpr) * (1 / n_test + 1 / n_ref))
-    for score in ("nll", "complexity", "latent") if "latent" in body["scores"] else ("nll", "complexity"):
+    for score in ("nll", "complexity", "latent", "combined") if "latent" in body["scores"] else ("nll", "complexity"):
         values = body["scores"][score]
         assert all(0 < p <= 1 for p in values["p_value"])
         flagged = float(np.mean(values["is_anomaly"]))
         assert abs(flagged - fpr) < 3 * error, (score, flagged, error)
-    assert body["score"] == "complexity" and body["is_anomaly"] == body["scores"]["complexity"]["is_anomaly"]
+    assert body["score"] == "combined" and body["is_anomaly"] == body["scores"]["combined"]["is_anomaly"]
 
 
 async def test_typicality_of_held_out_batches_at_fpr_005(
@@ -83,7 +83,7 @@ async def test_out_of_distribution_images_are_flagged(mnist_client: httpx.AsyncC
     noise = np.random.default_rng(0).integers(0, 256, size=(1, 1, 28, 28), dtype=np.uint8)
     inverted = 255 - test_digits[:1]
     body = (await mnist_client.post("/anomaly", json={"inputs": np.concatenate([noise, inverted]).tolist()})).json()
-    assert body["score"] == "complexity" and body["is_anomaly"] == [True, True]
+    assert body["score"] == "combined" and body["is_anomaly"] == [True, True]
 
 
 async def test_raw_likelihood_prefers_a_black_image(mnist_client: httpx.AsyncClient) -> None:

@@ -58,7 +58,7 @@ async def score_anomaly(
     score: Annotated[ScoreName | None, Query(description="multipart bodies only: see `score`.")] = None,
     explain_maps: Annotated[bool, Query(alias="explain", description="multipart bodies only: see `explain`.")] = False,
 ) -> Response:
-    """Calibrated anomaly scores (`nll`, `complexity`, `latent`, `typicality`) per item and `is_anomaly` at `fpr`.
+    """Calibrated anomaly scores (`nll`, `complexity`, `latent`, `combined`, `typicality`) and `is_anomaly` at `fpr`.
 
     A JSON body is an `/log-likelihood` body plus `fpr`, `score` and `explain`; a multipart body of image files
     takes them from the query string (`/anomaly?fpr=0.05&explain=true`). docs/anomaly.md explains the scores.
