@@ -121,15 +121,15 @@ def item_scores(
     references = runner.card.reference_scores
     assert references is not None and references.complexity is not None and references.latent is not None
     latents, bits = latents_and_bits_per_dim(runner, pixels)
-    complexity = anomaly.complexity_scores(bits, pixels, references.complexity_compressor or "png")
+    complexity = {c: anomaly.complexity_scores(bits, pixels, c) for c in anomaly.COMPRESSORS}
     latent = anomaly.latent_scores(latents, gaussian)
+    card_complexity = complexity[references.complexity_compressor or anomaly.DEFAULT_COMPRESSOR]
     return {
         "nll": bits,
-        "complexity (png)": anomaly.complexity_scores(bits, pixels, "png"),
-        "complexity (deflate)": anomaly.complexity_scores(bits, pixels, "deflate"),
+        **{f"complexity ({c})": values for c, values in complexity.items()},
         "latent": latent,
         "combined": anomaly.combined_scores(
-            [complexity, latent], [np.asarray(references.complexity), np.asarray(references.latent)]
+            [card_complexity, latent], [np.asarray(references.complexity), np.asarray(references.latent)]
         ),
         "typicality (M=1)": np.abs(bits - entropy),
     }

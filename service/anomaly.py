@@ -216,8 +216,8 @@ def calibrate(scores: np.ndarray, reference: np.ndarray, fpr: float) -> Calibrat
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"expected fpr in (0, 1), got {fpr}")
     n = ordered.size
-    below = np.searchsorted(ordered, values, side="left")  # #{ref < s}
-    at_or_above = n - below  # #{ref ≥ s}
+    at_or_above = _count_at_or_above(ordered, values)
+    below = n - at_or_above  # #{ref < s}
     p_value = (1.0 + at_or_above) / (n + 1.0)
     # p ≤ fpr  ⇔  #{ref ≥ s} ≤ k  ⇔  s > the (k+1)-th largest reference score
     k = math.floor(fpr * (n + 1) + 1e-9) - 1
@@ -235,8 +235,7 @@ def calibrate(scores: np.ndarray, reference: np.ndarray, fpr: float) -> Calibrat
 def conformal_p_values(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``(1 + #{ref ≥ s}) / (n + 1)`` for each of ``scores`` ``(N,)`` against ``reference`` ``(n,)``."""
     ordered = np.sort(_as_float64(reference))
-    at_or_above = ordered.size - np.searchsorted(ordered, _as_float64(scores), side="left")
-    return (1.0 + at_or_above) / (ordered.size + 1.0)
+    return (1.0 + _count_at_or_above(ordered, _as_float64(scores))) / (ordered.size + 1.0)
 
 
 def leave_one_out_p_values(reference: np.ndarray) -> np.ndarray:
@@ -247,8 +246,12 @@ def leave_one_out_p_values(reference: np.ndarray) -> np.ndarray:
     """
     values = _as_float64(reference)
     ordered = np.sort(values)
-    at_or_above = ordered.size - np.searchsorted(ordered, values, side="left")  # includes r_j itself
-    return at_or_above / (ordered.size + 1.0)
+    return _count_at_or_above(ordered, values) / (ordered.size + 1.0)  # the count includes r_j itself
+
+
+def _count_at_or_above(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``#{ref ≥ v}`` for each of ``values`` against the sorted reference ``ordered``."""
+    return ordered.size - np.searchsorted(ordered, values, side="left")
 
 
 def fisher_statistic(p_values: list[np.ndarray]) -> np.ndarray:

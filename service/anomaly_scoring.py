@@ -156,7 +156,7 @@ async def score_batch(
     scores: dict[str, ItemScores] = {}
     unavailable: dict[str, str] = {}
     typicality = None
-    part_values: dict[str, np.ndarray] = {}  # complexity and latent, which combined reuses (computed first)
+    part_p_values: dict[str, np.ndarray] = {}  # complexity and latent (computed first), which combined combines
     for score in anomaly.SCORES:
         reason = unavailable_reason(card, refs, score)
         if reason is not None:
@@ -167,18 +167,18 @@ async def score_batch(
             scores["nll"] = _item_scores(anomaly.calibrate(bits, refs.bits_per_dim, fpr))
         elif score == "complexity":
             assert refs.complexity is not None, "unavailable_reason covers a missing complexity reference"
-            part_values["complexity"] = await _complexity(bits, x, refs.compressor)
-            calibrated = anomaly.calibrate(part_values["complexity"], refs.complexity, fpr)
+            values = await _complexity(bits, x, refs.compressor)
+            calibrated = anomaly.calibrate(values, refs.complexity, fpr)
+            part_p_values["complexity"] = calibrated.p_value
             scores["complexity"] = _item_scores(calibrated, refs.compressor)
         elif score == "latent":
             assert refs.latent is not None and refs.latent_gaussian is not None, "unavailable_reason covers it"
-            part_values["latent"] = anomaly.latent_scores(latents, refs.latent_gaussian)
-            scores["latent"] = _item_scores(anomaly.calibrate(part_values["latent"], refs.latent, fpr))
+            calibrated = anomaly.calibrate(anomaly.latent_scores(latents, refs.latent_gaussian), refs.latent, fpr)
+            part_p_values["latent"] = calibrated.p_value
+            scores["latent"] = _item_scores(calibrated)
         elif score == "combined":
-            assert refs.complexity is not None and refs.latent is not None and refs.combined is not None
-            values = anomaly.combined_scores(
-                [part_values["complexity"], part_values["latent"]], [refs.complexity, refs.latent]
-            )
+            assert refs.combined is not None, "unavailable_reason covers missing complexity or latent references"
+            values = anomaly.fisher_statistic([part_p_values[part] for part in anomaly.COMBINED_PARTS])
             scores["combined"] = _item_scores(anomaly.calibrate(values, refs.combined, fpr))
         else:
             entropy, bootstrap = refs.typicality(len(bits))
