@@ -54,6 +54,7 @@ RUN --mount=type=secret,id=ca \
         --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
     && rm /wheels/deps/realnvp_service-*.whl
 COPY README.md ./
+COPY artifact ./artifact
 COPY models ./models
 COPY training ./training
 COPY service ./service

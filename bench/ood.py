@@ -10,7 +10,7 @@ validation digits whose scores the card stores). Out-of-distribution sets are bu
 * ``lfw_faces``: scikit-image's ``lfw_subset`` faces (200, 25×25) resized to 28×28 (bilinear);
 * ``shifted``: the test digits shifted by 6 pixels (up, down, left or right at random, zero fill).
 
-Scores are computed exactly as the service computes them (``service.runner`` + ``service.anomaly``):
+Scores are computed exactly as the service computes them (``service.engine.runner`` + ``artifact.scores``):
 ``nll`` (bits/dim), ``complexity`` with the PNG and the deflate compressor, ``latent`` (the latent's negative
 log-density per dimension under the Gaussian the card fitted to the validation latents), ``combined`` (Fisher's
 combination of the conformal p-values of ``complexity`` and ``latent``; the service's default), and ``typicality`` of
@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from service import anomaly
-from service.runner import ModelRunner
+from artifact import scores as anomaly
+from service.engine.runner import ModelRunner
 
 SHIFT = 6
 TYPICALITY_BATCHES = (10, 50)  # batch sizes M of the batch-level typicality columns

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.config import Settings
-from service.testing import spawn_server
+from service.core.config import Settings
+from tests.support.server import spawn_server
 
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("log-likelihood", "sample")

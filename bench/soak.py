@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.testing import cpu_seconds, rss_mib, spawn_server
+from tests.support.server import cpu_seconds, rss_mib, spawn_server
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_GROWTH_LIMIT_MIB = 50.0

@@ -28,8 +28,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
-def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | None, steps: int,
-                    warmup: int) -> dict:
+def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | None, steps: int, warmup: int) -> dict:
     config = load_config(CONFIGS / f"{config_name}.toml")
     shape = SHAPES[config_name]
     batch_size = batch_size or config.train.batch_size
@@ -63,11 +62,19 @@ def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | 
         times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
     return {
-        "config": config_name, "shape": list(shape), "num_scales": config.model.num_scales,
-        "mid_channels": config.model.mid_channels, "num_blocks": config.model.num_blocks,
-        "parameters": flow.num_parameters(), "device": device, "precision": "bf16-autocast" if amp else "fp32",
-        "batch_size": batch_size, "steps": steps, "median_step_s": round(median, 4),
-        "images_per_s": round(batch_size / median, 2), "mean_images_per_s": round(batch_size * steps / sum(times), 2),
+        "config": config_name,
+        "shape": list(shape),
+        "num_scales": config.model.num_scales,
+        "mid_channels": config.model.mid_channels,
+        "num_blocks": config.model.num_blocks,
+        "parameters": flow.num_parameters(),
+        "device": device,
+        "precision": "bf16-autocast" if amp else "fp32",
+        "batch_size": batch_size,
+        "steps": steps,
+        "median_step_s": round(median, 4),
+        "images_per_s": round(batch_size / median, 2),
+        "mean_images_per_s": round(batch_size * steps / sum(times), 2),
     }
 
 
@@ -88,8 +95,12 @@ def main() -> None:
             for amp in (False, True):
                 runs.append(train_step_rate(name, "cuda", amp, args.batch_size, args.steps, args.warmup))
     report = {
-        "benchmark": "train_step", "torch": torch.__version__, "cpu_threads": args.threads,
-        "machine": platform.processor() or platform.machine(), "cuda": torch.cuda.is_available(), "runs": runs,
+        "benchmark": "train_step",
+        "torch": torch.__version__,
+        "cpu_threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.is_available(),
+        "runs": runs,
     }
     text = json.dumps(report, indent=2)
     print(text)

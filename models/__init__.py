@@ -10,11 +10,14 @@ from models.flow import Flow, bits_per_dim, standard_normal_log_prob
 from models.nvpnet import NVPNet
 from models.piecewise import PiecewiseLinearFlow
 from models.realnvp import RealNVP
+from models.registry import FLOWS, FlowSpec
 
 __all__ = [
+    "FLOWS",
     "AffineCoupling",
     "CompositeTransform",
     "Flow",
+    "FlowSpec",
     "NVPNet",
     "PiecewiseLinearFlow",
     "RealNVP",

@@ -72,8 +72,19 @@ class WeightNormConv2d(nn.Module):
         return conv
 
 
+def _normed_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 3×3 convolution that a batch norm follows: no bias and no weight norm, the norm makes both redundant.
+
+    Batch norm removes each output channel's scale, so a weight-norm scale ``g`` before it would change nothing
+    the loss sees; the paper's L2 penalty on ``g`` would then be its only gradient, and Adam would march every
+    such ``g`` to zero at about ``lr`` per step and flip its sign back and forth there, corrupting the running
+    statistics and every average of the weights (the EMA).
+    """
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+
+
 class ResidualBlock(nn.Module):
-    """``relu(x + bn(conv(relu(bn(conv(x))))))`` with 3×3 weight-normed convolutions.
+    """``relu(x + bn(conv(relu(bn(conv(x))))))`` with 3×3 convolutions.
 
     Every batch norm follows a convolution directly, so export folds it into that convolution's weights exactly
     (``torch.jit.freeze``); a norm before a zero-padded convolution could not be folded exactly at the borders.
@@ -81,9 +92,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1 = WeightNormConv2d(channels, channels, 3, bias=False)
+        self.conv1 = _normed_conv(channels, channels)
         self.norm1 = nn.BatchNorm2d(channels)
-        self.conv2 = WeightNormConv2d(channels, channels, 3, bias=False)
+        self.conv2 = _normed_conv(channels, channels)
         self.norm2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,7 +106,8 @@ class ResidualBlock(nn.Module):
 class ResNetScaleShift(nn.Module):
     """The paper's ResNet for ``s`` and ``t`` of a convolutional coupling.
 
-    ``s = scale · tanh(s_raw)`` with a learned per-channel ``scale``; the last convolution starts at zero
+    ``s = scale · tanh(s_raw)`` with a learned per-channel ``scale``; the last convolution, the one weight-normed
+    convolution (no batch norm follows it, so its ``g`` sets the output scale), starts at zero
     (``g = 0``), so ``s = t = 0`` and every coupling starts as the identity. Batch normalisation uses batch
     statistics in training and running statistics in eval mode, so evaluation is row-independent.
 
@@ -107,7 +119,7 @@ class ResNetScaleShift(nn.Module):
 
     def __init__(self, channels: int, mid_channels: int, num_blocks: int) -> None:
         super().__init__()
-        self.in_conv = WeightNormConv2d(channels, mid_channels, 3, bias=False)
+        self.in_conv = _normed_conv(channels, mid_channels)
         self.in_norm = nn.BatchNorm2d(mid_channels)
         self.blocks = nn.ModuleList([ResidualBlock(mid_channels) for _ in range(num_blocks)])
         self.out_conv = WeightNormConv2d(mid_channels, 2 * channels, 1)

@@ -42,4 +42,3 @@ class LogitPreprocess(Transform):
     def inverse(self, y: Tensor) -> Tensor:
         """Logits → intensities (may leave ``[0, L)`` slightly for latents far from the data)."""
         return (torch.sigmoid(y) - self.alpha) * (self.num_levels / (1.0 - 2.0 * self.alpha))
-

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from service.config import Settings
+from service.core.config import Settings
 from service.main import create_app
 
 

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 from service.api.deps import ServiceContext, require_api_key
+from service.api.errors import install_error_handlers
+from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.api.routes import anomaly, health, interpolation, models, sampling, scoring
-from service.config import Settings
-from service.errors import install_error_handlers
-from service.metrics import Metrics
-from service.middleware import BodySizeLimit, RequestMetrics
-from service.registry import ModelRegistry
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.engine.registry import ModelRegistry
 
 logger = logging.getLogger("service")
 

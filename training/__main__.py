@@ -27,23 +27,41 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="realnvp-train", description="Train, evaluate, sample and export "
-                                     "RealNVP normalizing flows.")
+    parser = argparse.ArgumentParser(
+        prog="realnvp-train", description="Train, evaluate, sample and export RealNVP normalizing flows."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="train a flow from a TOML config")
     fit.add_argument("--config", type=Path, help="TOML config (optional with --resume PATH)")
-    fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
-    fit.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
-                     help="continue from CHECKPOINT (default: OUT_DIR/last.pt of the config)")
+    fit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    fit.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from CHECKPOINT (default: OUT_DIR/last.pt of the config)",
+    )
     fit.add_argument("--device", help="force a device: cpu, cuda, cuda:N (same as --set train.device=...)")
 
     evaluate = commands.add_parser("evaluate", help="bits/dim of a checkpoint on a split")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
-    evaluate.add_argument("--samples", type=int, default=0, metavar="K",
-                          help="also an importance-weighted estimate over K dequantization draws (images)")
+    evaluate.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also an importance-weighted estimate over K dequantization draws (images)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=0)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
@@ -66,8 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="artifact folder, e.g. model_store/mnist")
     export.add_argument("--name", help="artifact name (default: the folder name)")
     export.add_argument("--version", default="1.0.0")
-    export.add_argument("--iw-samples", type=int, default=0, metavar="K",
-                        help="also record the importance-weighted test bits/dim over K dequantization draws")
+    export.add_argument(
+        "--iw-samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also record the importance-weighted test bits/dim over K dequantization draws",
+    )
     return parser
 
 
@@ -122,8 +145,9 @@ def _fit(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.split, args.samples, args.batch_size, args.device,
-                                 use_ema=not args.no_ema)
+    result = evaluate_checkpoint(
+        args.checkpoint, args.split, args.samples, args.batch_size, args.device, use_ema=not args.no_ema
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -170,8 +194,9 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import ExportError, export_checkpoint
 
     try:
-        card = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version,
-                                 iw_samples=args.iw_samples)
+        card = export_checkpoint(
+            args.checkpoint, args.out, name=args.name, version=args.version, iw_samples=args.iw_samples
+        )
     except ExportError as err:
         print(f"error: export refused: {err}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ states. Writes are atomic (temporary file, fsync, rename): a crash never leaves 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from models import Flow, NVPNet, PiecewiseLinearFlow, RealNVP
+from models import FLOWS, Flow
 from training.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from training.data import DataSplits
 
@@ -66,25 +67,26 @@ def build_flow(model: ModelConfig, kind: str, shape: tuple[int, ...] | list[int]
         ConfigError: the flow type does not fit the data (e.g. RealNVP on vectors, non-square images).
     """
     shape = tuple(int(s) for s in shape)
-    if model.type == "RealNVP":
-        if kind != "image" or len(shape) != 3 or shape[1] != shape[2]:
-            raise ConfigError(f"model.type = 'RealNVP' needs square images (C, S, S), got {kind} data of shape "
-                              f"{list(shape)}")
-        try:
-            return RealNVP(shape[0], shape[1], model.num_scales, model.mid_channels, model.num_blocks)
-        except ValueError as err:
-            raise ConfigError(f"cannot build RealNVP for images {list(shape)}: {err}") from None
-    if kind != "vector" or len(shape) != 1:
-        raise ConfigError(f"model.type = '{model.type}' needs vector data (D,), got {kind} data of shape "
-                          f"{list(shape)}; use RealNVP for images")
-    if model.type == "NVPNet":
-        try:
-            return NVPNet(shape[0], model.hidden_dim, model.depth)
-        except ValueError as err:
-            raise ConfigError(f"cannot build NVPNet for vectors of dimension {shape[0]}: {err}") from None
-    if shape[0] != 1:
-        raise ConfigError(f"model.type = 'PiecewiseLinearFlow' needs 1-D data, got dimension {shape[0]}")
-    return PiecewiseLinearFlow(model.num_bins, model.xmin, model.xmax)
+    spec = FLOWS.get(model.type)
+    if spec is None:
+        raise ConfigError(f"expected one of {', '.join(FLOWS)} for model.type, got {model.type!r}")
+    if kind != spec.data_kind or not spec.fits(shape):
+        got = f"dimension {shape[0]}" if kind == "vector" and len(shape) == 1 else f"{kind} data of shape {list(shape)}"
+        hint = "" if kind == spec.data_kind else f"; use {_flow_for(kind)} for {kind} data"
+        raise ConfigError(f"model.type = {model.type!r} needs {spec.accepts}, got {got}{hint}")
+    try:
+        return spec.build(shape, config_to_dict_model(model))
+    except ValueError as err:
+        raise ConfigError(f"cannot build {model.type} for {kind}s of shape {list(shape)}: {err}") from None
+
+
+def _flow_for(kind: str) -> str:
+    return " or ".join(name for name, spec in FLOWS.items() if spec.data_kind == kind)
+
+
+def config_to_dict_model(model: ModelConfig) -> dict[str, Any]:
+    """The model configuration as constructor keywords."""
+    return dataclasses.asdict(model)
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:

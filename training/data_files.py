@@ -156,13 +156,15 @@ def _as_images(array: np.ndarray, where: str) -> np.ndarray:
     elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise DataError(f"expected images (N, H, W), (N, C, H, W) or (N, H, W, C) in '{where}', "
-                        f"got {list(array.shape)}")
+        raise DataError(
+            f"expected images (N, H, W), (N, C, H, W) or (N, H, W, C) in '{where}', got {list(array.shape)}"
+        )
     if not np.issubdtype(array.dtype, np.number) or np.isnan(array).any():
         raise DataError(f"expected numeric pixel values in '{where}', got {array.dtype}")
     if array.min() < 0 or array.max() > 255 or not np.array_equal(array, np.round(array)):
-        raise DataError(f"expected integer pixel values 0..255 in '{where}', "
-                        f"got values in [{array.min()}, {array.max()}]")
+        raise DataError(
+            f"expected integer pixel values 0..255 in '{where}', got values in [{array.min()}, {array.max()}]"
+        )
     return np.ascontiguousarray(array.astype(np.uint8))
 
 
@@ -170,15 +172,17 @@ def _as_images(array: np.ndarray, where: str) -> np.ndarray:
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds numpy arrays, dicts, lists and bytes: a crafted file cannot run code."""
 
-    ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    })
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -258,11 +262,13 @@ def read_idx(file: Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
         raise DataError(f"IDX file '{file}' has a truncated header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise DataError(f"IDX file '{file}' holds {len(raw) - header} bytes of data, expected {expected} "
-                        f"for shape {list(shape)} (truncated or corrupt)")
+        raise DataError(
+            f"IDX file '{file}' holds {len(raw) - header} bytes of data, expected {expected} "
+            f"for shape {list(shape)} (truncated or corrupt)"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 

@@ -22,7 +22,6 @@ A tiny artifact for a test::
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import json
 import math
@@ -34,16 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import artifact
 from models import Flow
-from models.export import EXPORTED_METHODS, to_torchscript
-from service.anomaly import DEFAULT_COMPRESSOR, complexity_scores, fit_latent_gaussian, latent_scores
+from models.export import to_torchscript
 
 __all__ = ["EAGER_TOLERANCE", "ROUNDTRIP_TOLERANCE", "ExportError", "export_artifact", "export_checkpoint"]
 
-FORMAT_VERSION = 1
 EAGER_TOLERANCE = 1e-4
 ROUNDTRIP_TOLERANCE = {"image": 1e-2, "vector": 1e-4}
-MAX_REFERENCE_SCORES = 10_000
 
 
 class ExportError(ValueError):
@@ -82,78 +79,68 @@ def export_artifact(
         ExportError: verification failed; nothing was written to ``out_dir``.
     """
     out_dir = Path(out_dir)
-    for key in ("test_bits_per_dim", "test_nll_nats"):
-        if not isinstance(metrics.get(key), int | float) or not math.isfinite(metrics[key]):
-            raise ExportError(f"expected a finite number for metrics['{key}'], got {metrics.get(key)!r}")
-    if tuple(reference.shape[1:]) != tuple(flow.event_shape) or len(reference) < 2:
-        raise ExportError(f"expected reference items of shape (N >= 2, {list(flow.event_shape)}), "
-                          f"got {list(reference.shape)}")
-    reference = reference[:MAX_REFERENCE_SCORES].float().cpu()
+    reference = _checked_reference(flow, metrics, reference)
     eager = copy.deepcopy(flow).float().cpu().eval()
     scripted = to_torchscript(eager)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
     try:
-        model_path = tmp_dir / "model.ts"
+        model_path = tmp_dir / artifact.MODULE_FILE
         scripted.save(str(model_path))
         sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
         loaded = torch.jit.load(str(model_path), map_location="cpu")  # verify what the service will load
         verify_module(loaded, eager, reference)
-        with torch.no_grad():
-            log_likelihood = torch.cat([loaded.log_prob(batch) for batch in reference.split(500)]).double()
-        bits = -log_likelihood / (flow.dim * math.log(2.0))
-        reference_scores: dict[str, Any] = {
-            "split": "val",
-            "log_likelihood": [round(float(v), 6) for v in log_likelihood],
-            "bits_per_dim": [round(float(v), 6) for v in bits],
-        }
-        if flow.data_kind == "image":  # the input-complexity score of docs/anomaly.md, by the service's own code
-            complexity = complexity_scores(bits, reference, DEFAULT_COMPRESSOR)
-            reference_scores["complexity"] = [round(float(v), 6) for v in complexity]
-            reference_scores["complexity_compressor"] = DEFAULT_COMPRESSOR
-        reference_scores.update(_latent_reference(loaded, reference, flow.data_kind))
-        card = {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": version,
-            "flow_type": type(flow).__name__,
-            "data_kind": flow.data_kind,
-            "shape": list(flow.event_shape),
-            "dimension": flow.dim,
-            "value_range": [0, 255] if flow.data_kind == "image" else None,
-            "dataset": {"name": str(dataset["name"]), "splits": {k: int(v) for k, v in dataset["splits"].items()}},
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "num_parameters": flow.num_parameters(),
-            "training_config": config or {},
-            "torch_version": torch.__version__,
-            "created_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "sha256": sha256,
-            "reference_scores": reference_scores,
-        }
-        (tmp_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        if hashlib.sha256((tmp_dir / "model.ts").read_bytes()).hexdigest() != sha256:
-            raise ExportError("model.ts changed on disk during export")
+        card = artifact.build_card(
+            name=name,
+            version=version,
+            flow_type=type(flow).__name__,
+            data_kind=flow.data_kind,  # type: ignore[arg-type]
+            shape=list(flow.event_shape),
+            sha256=sha256,
+            dataset=dataset,
+            metrics=metrics,
+            reference_scores=module_reference_scores(loaded, reference, flow.data_kind),
+            num_parameters=flow.num_parameters(),
+            training_config=config,
+            torch_version=torch.__version__,
+        )
+        (tmp_dir / artifact.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        if hashlib.sha256(model_path.read_bytes()).hexdigest() != sha256:
+            raise ExportError(f"{artifact.MODULE_FILE} changed on disk during export")
         _move_into_place(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return card
 
 
-def _latent_reference(module: torch.jit.ScriptModule, reference: Tensor, kind: str) -> dict[str, list[float]]:
-    """The ``latent`` score's Gaussian fitted to the reference latents and each reference item's score under it.
+def _checked_reference(flow: Flow, metrics: dict[str, float], reference: Tensor) -> Tensor:
+    """The reference items as float32 on CPU (at most ``MAX_REFERENCE_SCORES``), once the inputs are checked.
 
-    Latents come from the exported module, with images at their bin centre as the service encodes them.
+    Raises:
+        ExportError: a required metric is missing or not finite, or the reference items have the wrong shape.
     """
-    with torch.no_grad():
-        z = torch.cat([module.encode(batch + 0.5 if kind == "image" else batch)[0] for batch in reference.split(500)])
-    gaussian = fit_latent_gaussian(z)
-    return {
-        "latent": [round(float(v), 6) for v in latent_scores(z, gaussian)],
-        "latent_mean": [float(v) for v in gaussian.mean],
-        "latent_std": [float(v) for v in gaussian.std],
-    }
+    for key in ("test_bits_per_dim", "test_nll_nats"):
+        if not isinstance(metrics.get(key), int | float) or not math.isfinite(metrics[key]):
+            raise ExportError(f"expected a finite number for metrics['{key}'], got {metrics.get(key)!r}")
+    if tuple(reference.shape[1:]) != tuple(flow.event_shape) or len(reference) < 2:
+        raise ExportError(
+            f"expected reference items of shape (N >= 2, {list(flow.event_shape)}), got {list(reference.shape)}"
+        )
+    return reference[: artifact.MAX_REFERENCE_SCORES].float().cpu()
+
+
+@torch.no_grad()
+def module_reference_scores(module: torch.jit.ScriptModule, reference: Tensor, kind: str) -> dict[str, Any]:
+    """The card's ``reference_scores``, from the exported module's own outputs on the reference items.
+
+    Latents come from the exported module with images at their bin centre, as the service encodes them.
+    """
+    log_likelihood = torch.cat([module.log_prob(batch) for batch in reference.split(500)]).double()
+    offset = artifact.DEQUANTIZATION_OFFSET if kind == "image" else 0.0
+    latents = torch.cat([module.encode(batch + offset)[0] for batch in reference.split(500)]).double()
+    pixels = reference.numpy() if kind == "image" else None
+    return artifact.reference_scores(log_likelihood.numpy(), latents.numpy(), pixels)
 
 
 def _close(actual: Tensor, expected: Tensor, tolerance: float) -> bool:
@@ -173,7 +160,7 @@ def verify_module(module: torch.jit.ScriptModule, eager: Flow, reference: Tensor
     Raises:
         ExportError: on the first failed check, saying which and by how much.
     """
-    for method in EXPORTED_METHODS:
+    for method in artifact.REQUIRED_METHODS:
         if not hasattr(module, method):
             raise ExportError(f"the TorchScript module lacks method '{method}'")
     kind = eager.data_kind
@@ -192,21 +179,26 @@ def verify_module(module: torch.jit.ScriptModule, eager: Flow, reference: Tensor
             raise ExportError(f"TorchScript {label} is not finite on held-out data")
         if actual.shape != expected.shape or not _close(actual, expected, EAGER_TOLERANCE):
             diff = (actual - expected).abs().max().item() if actual.shape == expected.shape else math.inf
-            raise ExportError(f"TorchScript {label} differs from the eager flow by {diff:.3g} "
-                              f"(tolerance {EAGER_TOLERANCE} relative to 1 + max |value|)")
+            raise ExportError(
+                f"TorchScript {label} differs from the eager flow by {diff:.3g} "
+                f"(tolerance {EAGER_TOLERANCE} relative to 1 + max |value|)"
+            )
     roundtrip = module.decode(module.encode(x_continuous)[0])
     error = (roundtrip - x_continuous).abs()
     bound = ROUNDTRIP_TOLERANCE[kind] * (1.0 if kind == "image" else 1.0 + x_continuous.abs())
     if not torch.isfinite(roundtrip).all() or not bool((error <= bound).all()):
-        raise ExportError(f"round trip decode(encode(x)) misses x by {error.max().item():.3g} "
-                          f"(tolerance {ROUNDTRIP_TOLERANCE[kind]})")
+        raise ExportError(
+            f"round trip decode(encode(x)) misses x by {error.max().item():.3g} (tolerance {ROUNDTRIP_TOLERANCE[kind]})"
+        )
     batched_lp, batched_x = module.log_prob(x), module.decode(z)
     for i in range(min(3, len(x))):  # a few rows alone: each shape costs a TorchScript specialization
-        single_lp, single_x = module.log_prob(x[i: i + 1]), module.decode(z[i: i + 1])
-        if not _close(batched_lp[i: i + 1], single_lp, EAGER_TOLERANCE) or not _close(
-                batched_x[i: i + 1], single_x, EAGER_TOLERANCE):
-            raise ExportError(f"batch rows are not independent: row {i} of a batch of {len(x)} differs from "
-                              "the same item alone")
+        single_lp, single_x = module.log_prob(x[i : i + 1]), module.decode(z[i : i + 1])
+        if not _close(batched_lp[i : i + 1], single_lp, EAGER_TOLERANCE) or not _close(
+            batched_x[i : i + 1], single_x, EAGER_TOLERANCE
+        ):
+            raise ExportError(
+                f"batch rows are not independent: row {i} of a batch of {len(x)} differs from the same item alone"
+            )
     # A permuted batch must give permuted outputs (catches mixing between rows of equal size).
     permutation = torch.arange(len(x) - 1, -1, -1)
     if not _close(module.log_prob(x[permutation]), batched_lp[permutation], EAGER_TOLERANCE):
@@ -224,8 +216,14 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: str | None = None,
-                      version: str = "1.0.0", device: str = "cpu", iw_samples: int = 0) -> dict[str, Any]:
+def export_checkpoint(
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    name: str | None = None,
+    version: str = "1.0.0",
+    device: str = "cpu",
+    iw_samples: int = 0,
+) -> dict[str, Any]:
     """Export a training checkpoint: test metrics on the test split, reference scores on the validation split.
 
     Args:
@@ -265,6 +263,12 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: st
         metrics["test_iw_bits_per_dim"] = summarize(iw, flow.dim)["bits_per_dim"]
         metrics["test_iw_samples"] = float(iw_samples)
     return export_artifact(
-        flow.cpu(), out_dir, name=name or Path(out_dir).name, dataset={"name": data.name, "splits": data.sizes},
-        metrics=metrics, reference=data.split("val"), config=config_to_dict(checkpoint.config), version=version,
+        flow.cpu(),
+        out_dir,
+        name=name or Path(out_dir).name,
+        dataset={"name": data.name, "splits": data.sizes},
+        metrics=metrics,
+        reference=data.split("val"),
+        config=config_to_dict(checkpoint.config),
+        version=version,
     )

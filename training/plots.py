@@ -20,8 +20,9 @@ def to_pixels(x: Tensor) -> Tensor:
     return torch.floor(x.detach().float().cpu().clamp(0, 255)).to(torch.uint8)
 
 
-def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None, padding: int = 2,
-                    scale: int = 1) -> Path:
+def save_image_grid(
+    images: Tensor, path: str | Path, nrow: int | None = None, padding: int = 2, scale: int = 1
+) -> Path:
     """Write a grid of images as a PNG.
 
     Args:
@@ -41,7 +42,7 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None, p
     for i in range(n):
         row, col = divmod(i, nrow)
         top, left = padding + row * (h + padding), padding + col * (w + padding)
-        grid[:, top: top + h, left: left + w] = pixels[i].numpy()
+        grid[:, top : top + h, left : left + w] = pixels[i].numpy()
     image = Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
@@ -51,8 +52,13 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None, p
     return path
 
 
-def save_vector_samples(samples: Tensor, path: str | Path, reference: Tensor | None = None,
-                        title: str = "", flow: torch.nn.Module | None = None) -> Path | None:
+def save_vector_samples(
+    samples: Tensor,
+    path: str | Path,
+    reference: Tensor | None = None,
+    title: str = "",
+    flow: torch.nn.Module | None = None,
+) -> Path | None:
     """Scatter plot (2-D) or histogram (1-D) of samples ``(N, D)``, next to reference data when given.
 
     For 1-D data and a ``flow``, the model density ``exp(log_prob)`` is drawn over each histogram.
@@ -110,7 +116,7 @@ def plot_training_curves(metrics_file: str | Path, path: str | Path, title: str 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(train_steps, train_bpd, lw=0.8, alpha=0.6, label="train batch (x + U[0,1), train mode)")
     ax.plot(val_steps, val_bpd, "o-", ms=3, label="validation (x + 0.5, eval mode)")
-    values = train_bpd[len(train_bpd) // 10:] + val_bpd
+    values = train_bpd[len(train_bpd) // 10 :] + val_bpd
     if values:  # skip the first steps, whose loss is far above the rest
         low, high = min(values), max(values)
         margin = 0.05 * (high - low) + 1e-3

@@ -33,16 +33,27 @@ from training.checkpoint import (
 )
 from training.config import ConfigError, TrainConfig, config_to_dict
 from training.data import DataSplits, load_data
-from training.evaluate import log_likelihoods, summarize
+from training.evaluate import held_out_log_likelihoods, summarize
 from training.plots import save_image_grid, save_vector_samples
 from training.runtime import MetricsLog, StopFlag, agree, choose_device, fits_on_gpu, setup_distributed
 
 # Keys that may change when resuming (they do not change which steps are taken).
-RESUMABLE_KEYS = frozenset({
-    "out_dir", "train.epochs", "train.device", "train.amp", "train.num_threads", "train.log_every",
-    "train.sample_every", "train.sample_count", "train.sample_temperature", "train.max_bad_steps",
-    "train.progress", "train.eval_batch_size",
-})
+RESUMABLE_KEYS = frozenset(
+    {
+        "out_dir",
+        "train.epochs",
+        "train.device",
+        "train.amp",
+        "train.num_threads",
+        "train.log_every",
+        "train.sample_every",
+        "train.sample_count",
+        "train.sample_temperature",
+        "train.max_bad_steps",
+        "train.progress",
+        "train.eval_batch_size",
+    }
+)
 
 
 class TrainingError(RuntimeError):
@@ -96,14 +107,18 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
         train_items = train_items.to(device)
     per_rank_batch = config.train.batch_size // world_size
     if per_rank_batch * world_size != config.train.batch_size:
-        raise ConfigError(f"train.batch_size = {config.train.batch_size} is not divisible by the "
-                          f"{world_size} processes")
-    sampler = DistributedSampler(range(len(train_items)), num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=config.seed, drop_last=True)
+        raise ConfigError(
+            f"train.batch_size = {config.train.batch_size} is not divisible by the {world_size} processes"
+        )
+    sampler = DistributedSampler(
+        range(len(train_items)), num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True
+    )
     batches_per_epoch = len(sampler) // per_rank_batch
     if batches_per_epoch == 0:
-        raise ConfigError(f"the training split has {len(train_items)} items, fewer than one batch of "
-                          f"{config.train.batch_size}; lower train.batch_size")
+        raise ConfigError(
+            f"the training split has {len(train_items)} items, fewer than one batch of "
+            f"{config.train.batch_size}; lower train.batch_size"
+        )
     total_steps = batches_per_epoch * config.train.epochs
 
     # ---- model, optimizer, EMA (the architecture comes from the config alone)
@@ -123,8 +138,10 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
         epoch, batch_in_epoch, step = checkpoint.epoch, checkpoint.batch_in_epoch, checkpoint.step
         best_val_bpd, elapsed = checkpoint.best_val_bpd, checkpoint.extra.get("elapsed_s", 0.0)
         if checkpoint.extra.get("world_size", world_size) != world_size and master:
-            print(f"warning: resuming a {checkpoint.extra['world_size']}-process run with {world_size} "
-                  "processes: the data order differs from the original run")
+            print(
+                f"warning: resuming a {checkpoint.extra['world_size']}-process run with {world_size} "
+                "processes: the data order differs from the original run"
+            )
     model: nn.Module = LogProbObjective(flow)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -134,11 +151,21 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
     def make_checkpoint() -> Checkpoint:
         rng = {"torch": torch.get_rng_state()}
         return Checkpoint(
-            config=config, model=flow.state_dict(), ema=ema.state_dict() if ema is not None else None,
-            optimizer=optimizer.state_dict(), epoch=epoch, batch_in_epoch=batch_in_epoch, step=step,
-            best_val_bpd=best_val_bpd, data=data_record(data), rng=rng,
-            extra={"elapsed_s": elapsed + time.monotonic() - started, "world_size": world_size,
-                   "num_parameters": flow.num_parameters()},
+            config=config,
+            model=flow.state_dict(),
+            ema=ema.state_dict() if ema is not None else None,
+            optimizer=optimizer.state_dict(),
+            epoch=epoch,
+            batch_in_epoch=batch_in_epoch,
+            step=step,
+            best_val_bpd=best_val_bpd,
+            data=data_record(data),
+            rng=rng,
+            extra={
+                "elapsed_s": elapsed + time.monotonic() - started,
+                "world_size": world_size,
+                "num_parameters": flow.num_parameters(),
+            },
         )
 
     # ---- the loop
@@ -146,16 +173,23 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
     started = time.monotonic()
     lr = get_lr(step, config, total_steps)
     if master:
-        print(f"training {config.model.type} ({flow.num_parameters():,} parameters) on {data.name} "
-              f"{data.sizes} on {device}{' bf16' if use_bf16 else ''} x{world_size}, {total_steps} steps")
+        print(
+            f"training {config.model.type} ({flow.num_parameters():,} parameters) on {data.name} "
+            f"{data.sizes} on {device}{' bf16' if use_bf16 else ''} x{world_size}, {total_steps} steps"
+        )
     with stop:
         while epoch < config.train.epochs:
             sampler.set_epoch(epoch)
             order = torch.tensor(list(sampler))[: batches_per_epoch * per_rank_batch]
             batches = order.view(batches_per_epoch, per_rank_batch)  # (batches, B) indices into the split
             flow.train()
-            bar = tqdm(total=batches_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/"
-                       f"{config.train.epochs}", disable=not (master and config.train.progress), leave=False)
+            bar = tqdm(
+                total=batches_per_epoch,
+                initial=batch_in_epoch,
+                desc=f"epoch {epoch + 1}/{config.train.epochs}",
+                disable=not (master and config.train.progress),
+                leave=False,
+            )
             epoch_bpd, epoch_count, bad_steps = 0.0, 0, 0
             while batch_in_epoch < batches_per_epoch:
                 lr = get_lr(step, config, total_steps)
@@ -171,8 +205,9 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(flow.parameters(), config.optim.grad_clip or math.inf)
-                finite, stop_now = agree(bool(torch.isfinite(loss) and torch.isfinite(grad_norm)),
-                                         stop.requested, world_size, device)
+                finite, stop_now = agree(
+                    bool(torch.isfinite(loss) and torch.isfinite(grad_norm)), stop.requested, world_size, device
+                )
                 if finite:
                     optimizer.step()  # a non-finite loss never reaches the weights
                     if ema is not None:
@@ -181,14 +216,18 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     bad_steps += 1
-                    message = (f"step {step}: non-finite loss {loss.item():.4g} or gradient norm "
-                               f"{grad_norm.item():.4g}; update skipped, weights unchanged")
+                    message = (
+                        f"step {step}: non-finite loss {loss.item():.4g} or gradient norm "
+                        f"{grad_norm.item():.4g}; update skipped, weights unchanged"
+                    )
                     if master:
                         tqdm.write(message)
                     if bad_steps >= config.train.max_bad_steps:
-                        raise TrainingError(f"{message}. {bad_steps} consecutive bad steps: stopping. Lower "
-                                            f"optim.lr or raise optim.warmup_steps; last good checkpoint: "
-                                            f"{last_path}")
+                        raise TrainingError(
+                            f"{message}. {bad_steps} consecutive bad steps: stopping. Lower "
+                            f"optim.lr or raise optim.warmup_steps; last good checkpoint: "
+                            f"{last_path}"
+                        )
                 batch_in_epoch += 1
                 step += 1
                 if finite:
@@ -196,29 +235,50 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
                     bar.update(1)
                     if step % config.train.log_every == 0:
                         bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{nll_bpd.item():.4f}")
-                        metrics.write(kind="train", step=step, epoch=epoch, loss=loss.item(),
-                                      train_bpd=nll_bpd.item(), lr=lr, grad_norm=grad_norm.item())
+                        metrics.write(
+                            kind="train",
+                            step=step,
+                            epoch=epoch,
+                            loss=loss.item(),
+                            train_bpd=nll_bpd.item(),
+                            lr=lr,
+                            grad_norm=grad_norm.item(),
+                        )
                 if stop_now:
                     if master:
                         save_checkpoint(last_path, make_checkpoint())
-                    raise Interrupted(f"interrupted at epoch {epoch + 1}, batch {batch_in_epoch}/"
-                                      f"{batches_per_epoch}; checkpoint saved to {last_path}")
+                    raise Interrupted(
+                        f"interrupted at epoch {epoch + 1}, batch {batch_in_epoch}/"
+                        f"{batches_per_epoch}; checkpoint saved to {last_path}"
+                    )
             bar.close()
 
             # ---- end of epoch: validation, samples, checkpoint (rank 0 writes)
             epoch, batch_in_epoch = epoch + 1, 0
             if master:
                 eval_flow = ema if ema is not None else flow
-                val = summarize(log_likelihoods(eval_flow, val_items, config.train.eval_batch_size, device), flow.dim)
+                # the standard measure (one seeded dequantization draw per image), the same draws every epoch
+                val_ll = held_out_log_likelihoods(eval_flow, val_items, 1, config.train.eval_batch_size, device)
+                val = summarize(val_ll, flow.dim)
                 is_best = val["bits_per_dim"] < best_val_bpd
                 best_val_bpd = min(best_val_bpd, val["bits_per_dim"])
-                record = dict(kind="epoch", epoch=epoch, step=step, val_bpd=val["bits_per_dim"],
-                              val_nll_nats=val["nll_nats"], train_bpd=epoch_bpd / max(epoch_count, 1),
-                              lr=lr, elapsed_s=elapsed + time.monotonic() - started)
+                record = dict(
+                    kind="epoch",
+                    epoch=epoch,
+                    step=step,
+                    val_bpd=val["bits_per_dim"],
+                    val_nll_nats=val["nll_nats"],
+                    train_bpd=epoch_bpd / max(epoch_count, 1),
+                    lr=lr,
+                    elapsed_s=elapsed + time.monotonic() - started,
+                )
                 metrics.write(**record)
-                print(f"epoch {epoch}/{config.train.epochs}: train {record['train_bpd']:.4f} bits/dim, "
-                      f"val {val['bits_per_dim']:.4f} bits/dim ({val['nll_nats']:.4f} nats), "
-                      f"{record['elapsed_s']:.0f} s", flush=True)
+                print(
+                    f"epoch {epoch}/{config.train.epochs}: train {record['train_bpd']:.4f} bits/dim, "
+                    f"val {val['bits_per_dim']:.4f} bits/dim ({val['nll_nats']:.4f} nats), "
+                    f"{record['elapsed_s']:.0f} s",
+                    flush=True,
+                )
                 if config.train.sample_every and epoch % config.train.sample_every == 0:
                     write_samples(eval_flow, config, data, out_dir / "samples" / f"epoch_{epoch:04d}.png")
                 checkpoint = make_checkpoint()
@@ -292,11 +352,16 @@ def check_resumable(checkpoint: Checkpoint, config: TrainConfig, data: DataSplit
         CheckpointError: a setting outside ``RESUMABLE_KEYS`` differs, the data changed, or no optimizer state.
     """
     old, new = _flatten(config_to_dict(checkpoint.config)), _flatten(config_to_dict(config))
-    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-               if old.get(key) != new.get(key) and key not in RESUMABLE_KEYS]
+    changed = [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and key not in RESUMABLE_KEYS
+    ]
     if changed:
-        raise CheckpointError(f"cannot resume '{where}' with a different configuration ({'; '.join(changed)}); "
-                              f"only {', '.join(sorted(RESUMABLE_KEYS))} may change")
+        raise CheckpointError(
+            f"cannot resume '{where}' with a different configuration ({'; '.join(changed)}); "
+            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change"
+        )
     if checkpoint.optimizer is None:
         raise CheckpointError(f"checkpoint '{where}' has no optimizer state to resume from")
     check_same_data(checkpoint, data, where)

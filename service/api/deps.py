@@ -7,16 +7,21 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+import torch
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.config import Settings
-from service.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedModel
-from service.schemas import InputsRequest
+from artifact import ModelCard
+from artifact.scores import ScoreName
+from service.api.anomaly_schemas import AnomalyRequest
+from service.api.inputs import files_to_tensor, images_to_tensor, inputs_to_tensor
+from service.api.schemas import InputsRequest
+from service.core.config import Settings
+from service.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError
+from service.core.metrics import Metrics
+from service.engine.registry import ModelRegistry, ServedModel
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API_KEY>` when API_KEY is set.")
 
@@ -81,6 +86,15 @@ class InputsPayload:
     images: list[str] | None = None
     files: list[tuple[str, bytes]] | None = None
 
+    def tensor(self, card: ModelCard, limit: int) -> torch.Tensor:
+        """The items as a validated ``(N, *shape)`` tensor, whichever way they came."""
+        if self.files is not None:
+            return files_to_tensor(card, self.files, limit)
+        if self.images is not None:
+            return images_to_tensor(card, self.images, limit)
+        assert self.inputs is not None, "InputsRequest guarantees inputs or images"
+        return inputs_to_tensor(card, self.inputs, limit)
+
 
 def body_kind(request: Request) -> str:
     """``"json"`` or ``"multipart"``, from the request's ``Content-Type`` (FastAPI's strict rule for JSON).
@@ -135,3 +149,30 @@ async def parse_inputs_body(request: Request, context: ContextDep) -> InputsPayl
 
 
 InputsBodyDep = Annotated[InputsPayload, Depends(parse_inputs_body)]
+
+
+async def parse_anomaly_body(
+    request: Request,
+    context: ContextDep,
+    fpr: Annotated[float | None, Query(gt=0, lt=1, description="multipart bodies only: see `fpr`.")] = None,
+    score: Annotated[ScoreName | None, Query(description="multipart bodies only: see `score`.")] = None,
+    explain_maps: Annotated[bool, Query(alias="explain", description="multipart bodies only: see `explain`.")] = False,
+) -> tuple[InputsPayload, AnomalyRequest]:
+    """An ``/anomaly`` body: JSON ``AnomalyRequest``, or multipart image files with the options in the query.
+
+    Raises:
+        InvalidInputError: options in the query string of a JSON body (422).
+    """
+    if body_kind(request) == "multipart":
+        payload = await parse_inputs_body(request, context)
+        return payload, AnomalyRequest.model_construct(fpr=fpr, score=score, explain=explain_maps)
+    if fpr is not None or score is not None or explain_maps:
+        raise InvalidInputError(
+            "query: expected fpr, score and explain in the JSON body (the query string is for multipart "
+            f"bodies), got query parameters {sorted(request.query_params)}"
+        )
+    options = AnomalyRequest.model_validate_json(await request.body())
+    return InputsPayload(model=options.model, inputs=options.inputs, images=options.images), options
+
+
+AnomalyBodyDep = Annotated[tuple[InputsPayload, AnomalyRequest], Depends(parse_anomaly_body)]

@@ -6,8 +6,8 @@ import torch
 from fastapi import Response
 from pydantic import BaseModel
 
-from service.codec import encode_png, encode_png_base64, tile_grid
-from service.schemas import ImagesResponse, OutputFormat, SamplesResponse
+from service.api.schemas import ImagesResponse, OutputFormat, SamplesResponse
+from service.engine.codec import encode_png, encode_png_base64, tile_grid
 
 PNG_MEDIA_TYPE = "image/png"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
-from service.metrics import Metrics
+from service.core.config import Settings
+from service.core.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -91,7 +91,7 @@ def test_realnvp_refuses_sizes_it_cannot_squeeze(size: int, scales: int) -> None
 
 def test_realnvp_width_doubles_per_scale() -> None:
     flow = RealNVP(in_channels=1, image_size=8, num_scales=3, mid_channels=4, num_blocks=1)
-    widths = [level.transforms[0].net.in_conv.weight_v.shape[0] for level in flow.transform.transforms[1].levels]
+    widths = [level.transforms[0].net.in_conv.weight.shape[0] for level in flow.transform.transforms[1].levels]
     assert widths == [4, 8, 16]
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: tiny artifacts (good and faulty) and the asyncio backend."""
+"""Fixtures of the reliability tests: a faulty artifact (the good ones come from the root conftest)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,6 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.faulty import write_faulty_artifact
-from tests.service.artifacts import build_store
-
-
-@pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``digits`` (RealNVP, 1x8x8 images) and ``moons`` (NVPNet, D=2), untrained and exported."""
-    return build_store(tmp_path_factory.mktemp("reliability-store"))
 
 
 @pytest.fixture(scope="session")

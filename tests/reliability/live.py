@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from service.testing import spawn_server
-from tests.service.helpers import metric_value
+from tests.support.helpers import metric_value
+from tests.support.server import spawn_server
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -46,7 +46,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.config import Settings
+from service.core.config import Settings
 from service.main import create_app
 
 MIN_REQUESTS = 2000

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.artifacts import vector_flow, write_artifact
-from tests.service.conftest import serve_in_process
+from tests.support.artifacts import vector_flow, write_artifact
+from tests.support.inprocess import serve_in_process
 
 pytestmark = pytest.mark.anyio
 

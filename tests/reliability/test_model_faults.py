@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.reliability.faulty import NAN_SENTINEL, RAISE_SENTINEL
-from tests.service.conftest import serve_in_process
-from tests.service.helpers import metric_value
+from tests.support.helpers import metric_value
+from tests.support.inprocess import serve_in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -78,10 +78,10 @@ async def test_a_raising_batch_fails_only_its_requests(faulty_store: Path, caplo
         assert (await statuses(client, "/log-likelihood"))["200"] == 6
         assert (await statuses(client, "/sample"))["500"] == 3
         assert (await client.get("/readyz")).status_code == 200
-    failures = [r for r in caplog.records if r.name == "service.batcher" and "failed" in r.getMessage()]
+    failures = [r for r in caplog.records if r.name == "service.engine.batcher" and "failed" in r.getMessage()]
     assert len(failures) == 2, [r.getMessage() for r in failures]
     assert all("injected fault" in r.getMessage() for r in failures)
-    request_logs = [r for r in caplog.records if r.name == "service.errors"]
+    request_logs = [r for r in caplog.records if r.name == "service.api.errors"]
     assert len(request_logs) == 10  # 6 /log-likelihood + 1 /decode + 3 /sample
 
 
@@ -115,5 +115,5 @@ async def test_a_nan_batch_fails_only_its_requests(faulty_store: Path, caplog: p
         after = await client.post("/sample", json={"model": "faulty", "n": 3})
         assert after.status_code == 200 and len(after.json()["samples"]) == 3
         assert (await statuses(client, "/sample"))["500"] == 3
-    logged = [r.getMessage() for r in caplog.records if r.name == "service.errors"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.api.errors"]
     assert len(logged) == 3 and all("/sample" in message for message in logged), logged

@@ -23,14 +23,14 @@ import torch
 import yaml
 
 import service.api.deps
-import service.runner
-from service.config import Settings
-from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.runner import ArtifactError, ModelRunner
+import service.engine.runner
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.engine.registry import ModelRegistry
+from service.engine.runner import ArtifactError, ModelRunner
 from tests.reliability.live import REPO, live_server
-from tests.service.artifacts import vector_flow
-from tests.service.conftest import serve_in_process
+from tests.support.artifacts import vector_flow
+from tests.support.inprocess import serve_in_process
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.export import export_checkpoint
 
@@ -116,7 +116,7 @@ def test_the_module_loaded_is_the_one_whose_checksum_was_verified(
                 os.replace(impostor, folder / "model.ts")
             return self._digest.hexdigest()
 
-    monkeypatch.setattr(service.runner.hashlib, "sha256", SwapAfterHashing)
+    monkeypatch.setattr(service.engine.runner.hashlib, "sha256", SwapAfterHashing)
     runner = ModelRunner.load(folder, torch.device("cpu"))
     monkeypatch.undo()
     assert not impostor.exists(), "the swap did not happen"

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.testing import rss_mib
 from tests.reliability.live import LiveServer, live_server, open_fds
-from tests.service.helpers import digit_images, png_b64
+from tests.support.helpers import digit_images, png_b64
+from tests.support.server import rss_mib
 
 MIB = 1 << 20
 LIMIT_MIB = 10  # the default MAX_BODY_BYTES

@@ -26,10 +26,10 @@ import pytest
 import torch
 
 from models import NVPNet
-from service.config import Settings
-from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.runner import ModelRunner
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.engine.registry import ModelRegistry
+from service.engine.runner import ModelRunner
 from tests.training.conftest import image_config, run_cli, write_toml
 from tests.training.test_interrupt import start_fit
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -99,7 +99,8 @@ def _check_run_folder(run: Path) -> int:
 
 
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    seed = int(os.environ.get("RELIABILITY_SEED", random.SystemRandom().randrange(2**31)))
+    # Seeded, so every run kills at the same moments (RELIABILITY_SEED=N tries others).
+    seed = int(os.environ.get("RELIABILITY_SEED", "0"))
     rng = random.Random(seed)
     print(f"RELIABILITY_SEED={seed}")
     config = image_config(tmp_path, f"train.epochs={EPOCHS}", "train.sample_every=0")
@@ -112,6 +113,8 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
         # a checkpoint write), independent of the machine's speed. The last kill comes after the first epoch,
         # so the final resume always starts from a checkpoint.
         earliest = resume_step + 1 if kill < KILLS - 1 else max(resume_step + 1, 15)
+        if earliest > STEPS - 1:  # the last checkpoint is at the last step: nothing is left to interrupt
+            break
         target, jitter = rng.randint(earliest, STEPS - 1), rng.uniform(0.0, 0.2)
         logged_before = len(_records(metrics, "train"))
         process = start_fit(config_path, *(["--resume"] if resume_step else []))
@@ -137,6 +140,8 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
         if process.returncode == 0:
             break
     assert kills[-1]["checkpoint_step"] >= 14
+    mid_run = [k for k in kills if k["exit"] == -signal.SIGKILL and k["last_logged_step"] < STEPS]
+    assert mid_run, f"no kill interrupted the run before its end: {kills}"
     if load_checkpoint(run / "last.pt").epoch < EPOCHS:
         run_cli("fit", "--config", str(config_path), "--resume")
     resumed = load_checkpoint(run / "last.pt")

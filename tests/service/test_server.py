@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.testing import spawn_server
-from tests.service.helpers import digit_images, metric_value, png_b64
+from tests.support.helpers import digit_images, metric_value, png_b64
+from tests.support.server import spawn_server
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -45,12 +45,28 @@ def image_config(tmp_path: Path, *overrides: str, n: int = 600) -> TrainConfig:
         tmp_path.mkdir(parents=True, exist_ok=True)
         np.save(path, tiny_images(n))
     base = [
-        'name="tiny_images"', "seed=0", f'out_dir="{tmp_path / "run"}"',
-        'data.name="array"', f'data.path="{path}"', "data.val_size=64", "data.test_size=64",
-        'model.type="RealNVP"', "model.num_scales=2", "model.mid_channels=4", "model.num_blocks=1",
-        "optim.lr=1e-3", "optim.warmup_steps=5", 'optim.schedule="constant"',
-        "train.epochs=2", "train.batch_size=32", "train.eval_batch_size=64", "train.num_threads=1",
-        "train.log_every=1", "train.sample_every=1", "train.sample_count=16", "train.progress=false",
+        'name="tiny_images"',
+        "seed=0",
+        f'out_dir="{tmp_path / "run"}"',
+        'data.name="array"',
+        f'data.path="{path}"',
+        "data.val_size=64",
+        "data.test_size=64",
+        'model.type="RealNVP"',
+        "model.num_scales=2",
+        "model.mid_channels=4",
+        "model.num_blocks=1",
+        "optim.lr=1e-3",
+        "optim.warmup_steps=5",
+        'optim.schedule="constant"',
+        "train.epochs=2",
+        "train.batch_size=32",
+        "train.eval_batch_size=64",
+        "train.num_threads=1",
+        "train.log_every=1",
+        "train.sample_every=1",
+        "train.sample_count=16",
+        "train.progress=false",
     ]
     return apply_overrides(TrainConfig(), base + list(overrides))
 
@@ -58,12 +74,26 @@ def image_config(tmp_path: Path, *overrides: str, n: int = 600) -> TrainConfig:
 def vector_config(tmp_path: Path, *overrides: str) -> TrainConfig:
     """A small NVPNet on 600 two-moons points."""
     base = [
-        'name="tiny_moons"', "seed=0", f'out_dir="{tmp_path / "run"}"',
-        'data.name="moons"', "data.num_samples=600", "data.val_size=100", "data.test_size=100",
-        'model.type="NVPNet"', "model.hidden_dim=16", "model.depth=4",
-        "optim.lr=3e-3", "optim.warmup_steps=5", 'optim.schedule="constant"',
-        "train.epochs=2", "train.batch_size=50", "train.eval_batch_size=100", "train.num_threads=1",
-        "train.log_every=1", "train.sample_every=0", "train.progress=false",
+        'name="tiny_moons"',
+        "seed=0",
+        f'out_dir="{tmp_path / "run"}"',
+        'data.name="moons"',
+        "data.num_samples=600",
+        "data.val_size=100",
+        "data.test_size=100",
+        'model.type="NVPNet"',
+        "model.hidden_dim=16",
+        "model.depth=4",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=5",
+        'optim.schedule="constant"',
+        "train.epochs=2",
+        "train.batch_size=50",
+        "train.eval_batch_size=100",
+        "train.num_threads=1",
+        "train.log_every=1",
+        "train.sample_every=0",
+        "train.progress=false",
     ]
     return apply_overrides(TrainConfig(), base + list(overrides))
 
@@ -101,8 +131,14 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m training ARGS`` and return the finished process (stdout/stderr captured as text)."""
-    result = subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True,
-                            timeout=timeout, env=cli_env(), cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=REPO,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result

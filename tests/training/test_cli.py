@@ -31,8 +31,10 @@ def test_fit_then_resume_from_a_checkpoint_path_alone(tmp_path, capsys):
         (["fit", "--config", "{config}", "--set", "optim.momentum=0.9"], "unknown key 'optim.momentum'"),
         (["fit", "--config", "{config}", "--device", "cuda"], "no CUDA device is available"),
         (["fit", "--config", "{config}", "--resume"], "nothing to resume: checkpoint"),
-        (["fit", "--config", "{config}", "--set", 'data.name="array"', "--set", "data.path=/no/such.npy"],
-         "data path '/no/such.npy' does not exist"),
+        (
+            ["fit", "--config", "{config}", "--set", 'data.name="array"', "--set", "data.path=/no/such.npy"],
+            "data path '/no/such.npy' does not exist",
+        ),
         (["evaluate", "--checkpoint", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
         (["sample", "--checkpoint", "missing.pt", "--out", "x.png"], "checkpoint 'missing.pt' does not exist"),
         (["export", "--checkpoint", "missing.pt", "--out", "store/x"], "checkpoint 'missing.pt' does not exist"),

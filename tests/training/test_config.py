@@ -21,8 +21,17 @@ CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
 
 def test_defaults_and_overrides_are_typed():
-    config = load_config(None, ["optim.lr=3e-4", "train.epochs=3", "data.path=/tmp/some dir/x.npz",
-                                "optim.betas=[0.8, 0.9]", "train.progress=false", 'name="abc"'])
+    config = load_config(
+        None,
+        [
+            "optim.lr=3e-4",
+            "train.epochs=3",
+            "data.path=/tmp/some dir/x.npz",
+            "optim.betas=[0.8, 0.9]",
+            "train.progress=false",
+            'name="abc"',
+        ],
+    )
     assert config.optim.lr == pytest.approx(3e-4)
     assert config.train.epochs == 3
     assert config.data.path == "/tmp/some dir/x.npz"  # bare strings need no quotes
@@ -88,8 +97,12 @@ def test_file_errors(tmp_path):
 def test_shipped_configs_load_and_build_their_flow(name):
     config = load_config(CONFIGS / f"{name}.toml")
     assert config.name == name
-    shapes = {"mnist": ("image", (1, 28, 28)), "moons": ("vector", (2,)), "bimodal": ("vector", (1,)),
-              "cifar10": ("image", (3, 32, 32))}
+    shapes = {
+        "mnist": ("image", (1, 28, 28)),
+        "moons": ("vector", (2,)),
+        "bimodal": ("vector", (1,)),
+        "cifar10": ("image", (3, 32, 32)),
+    }
     kind, shape = shapes[name]
     flow = build_flow(config.model, kind, shape)
     assert tuple(flow.event_shape) == shape

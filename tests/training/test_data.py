@@ -76,8 +76,9 @@ def write_image(path, size=(10, 10), mode="L", value=0):
 
 
 def folder_config(path, *overrides):
-    return data_config('data.name="image_folder"', f'data.path="{path}"', "data.val_size=1", "data.test_size=1",
-                       *overrides)
+    return data_config(
+        'data.name="image_folder"', f'data.path="{path}"', "data.val_size=1", "data.test_size=1", *overrides
+    )
 
 
 def test_image_folder_reads_png_and_jpeg_recursively(tmp_path):
@@ -125,8 +126,7 @@ def test_image_folder_errors_name_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- arrays
 def array_config(path, *overrides):
-    return data_config('data.name="array"', f'data.path="{path}"', "data.val_size=2", "data.test_size=2",
-                       *overrides)
+    return data_config('data.name="array"', f'data.path="{path}"', "data.val_size=2", "data.test_size=2", *overrides)
 
 
 def test_npy_images_in_any_layout(tmp_path):
@@ -179,8 +179,12 @@ def test_bad_arrays_are_refused(tmp_path):
 # --------------------------------------------------------------------------------------------------- CIFAR-10
 def cifar_batch(n, seed):
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"x", b"labels": list(rng.integers(0, 10, n)),
-            b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8), b"filenames": [b"f.png"] * n}
+    return {
+        b"batch_label": b"x",
+        b"labels": list(rng.integers(0, 10, n)),
+        b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+        b"filenames": [b"f.png"] * n,
+    }
 
 
 def write_cifar(folder, sizes=(6, 5), test=4):
@@ -240,8 +244,11 @@ def test_cifar10_refuses_code_and_bad_batches(tmp_path, capsys):
 
 # -------------------------------------------------------------------------------------------------- MNIST IDX
 def idx_bytes(array):
-    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + \
-        array.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def test_mnist_idx_raw_gzip_and_folder(tmp_path):
@@ -254,15 +261,20 @@ def test_mnist_idx_raw_gzip_and_folder(tmp_path):
     data = load_data(config)
     assert data.shape == (1, 28, 28) and data.sizes == {"train": 10, "val": 2, "test": 5}
     assert np.array_equal(data.split("test")[:, 0].numpy(), test)
-    single = data_config('data.name="mnist_idx"', f'data.path="{tmp_path / "t10k-images-idx3-ubyte"}"',
-                         "data.val_size=1", "data.test_size=1")
+    single = data_config(
+        'data.name="mnist_idx"',
+        f'data.path="{tmp_path / "t10k-images-idx3-ubyte"}"',
+        "data.val_size=1",
+        "data.test_size=1",
+    )
     assert load_data(single).sizes == {"train": 3, "val": 1, "test": 1}
 
 
 def test_mnist_idx_errors(tmp_path):
     def load(path):
-        return load_data(data_config('data.name="mnist_idx"', f'data.path="{path}"', "data.val_size=1",
-                                     "data.test_size=1"))
+        return load_data(
+            data_config('data.name="mnist_idx"', f'data.path="{path}"', "data.val_size=1", "data.test_size=1")
+        )
 
     truncated = tmp_path / "short-idx3-ubyte"
     truncated.write_bytes(idx_bytes(np.zeros((4, 28, 28)))[:-10])

@@ -18,9 +18,26 @@ def test_torchrun_two_processes_trains_like_one(tmp_path):
     config_path = write_toml(config, tmp_path / "tiny.toml")
     out_dir = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "training", "fit", "--config", str(config_path), "--set", f'out_dir="{out_dir}"'],
-        capture_output=True, text=True, timeout=240, env=cli_env(), cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training",
+            "fit",
+            "--config",
+            str(config_path),
+            "--set",
+            f'out_dir="{out_dir}"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=cli_env(),
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = load_checkpoint(out_dir / "last.pt")
@@ -38,4 +55,6 @@ def test_torchrun_two_processes_trains_like_one(tmp_path):
     first_val = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[0])["train_bpd"]
     assert ddp_eval["bits_per_dim"] < first_val - 1.0
     assert abs(ddp_eval["bits_per_dim"] - single_eval["bits_per_dim"]) < 0.01 * single_eval["bits_per_dim"], (
-        ddp_eval, single_eval)
+        ddp_eval,
+        single_eval,
+    )

@@ -21,9 +21,21 @@ from .conftest import image_config, run_cli
 DATASET = {"name": "toy", "splits": {"train": 10, "val": 8, "test": 8}}
 METRICS = {"test_bits_per_dim": 1.5, "test_nll_nats": 2.0}
 CARD_TYPES = {
-    "format_version": int, "name": str, "version": str, "flow_type": str, "data_kind": str, "shape": list,
-    "dimension": int, "dataset": dict, "metrics": dict, "num_parameters": int, "training_config": dict,
-    "torch_version": str, "created_at": str, "sha256": str, "reference_scores": dict,
+    "format_version": int,
+    "name": str,
+    "version": str,
+    "flow_type": str,
+    "data_kind": str,
+    "shape": list,
+    "dimension": int,
+    "dataset": dict,
+    "metrics": dict,
+    "num_parameters": int,
+    "training_config": dict,
+    "torch_version": str,
+    "created_at": str,
+    "sha256": str,
+    "reference_scores": dict,
 }
 
 
@@ -48,8 +60,15 @@ def flows_and_references():
 @pytest.mark.parametrize("flow_type", ["RealNVP", "NVPNet", "PiecewiseLinearFlow"])
 def test_export_writes_the_documented_artifact(tmp_path, flow_type):
     flow, reference = flows_and_references()[flow_type]
-    card = export_artifact(flow, tmp_path / "store" / "toy", name="toy", dataset=DATASET, metrics=METRICS,
-                           reference=reference, config={"seed": 0})
+    card = export_artifact(
+        flow,
+        tmp_path / "store" / "toy",
+        name="toy",
+        dataset=DATASET,
+        metrics=METRICS,
+        reference=reference,
+        config={"seed": 0},
+    )
     folder = tmp_path / "store" / "toy"
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["toy"]  # no temporary folder left
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.ts"]
@@ -82,8 +101,9 @@ def test_export_replaces_an_existing_artifact_only_when_verified(tmp_path, monke
     target = tmp_path / "toy"
     first = export_artifact(flow, target, name="toy", dataset=DATASET, metrics=METRICS, reference=reference)
     other = perturbed(NVPNet(2, 16, 4))
-    second = export_artifact(other, target, name="toy", dataset=DATASET, metrics=METRICS, reference=reference,
-                             version="2.0.0")
+    second = export_artifact(
+        other, target, name="toy", dataset=DATASET, metrics=METRICS, reference=reference, version="2.0.0"
+    )
     assert second["version"] == "2.0.0" and second["sha256"] != first["sha256"]
     assert json.loads((target / "card.json").read_text())["version"] == "2.0.0"
 
@@ -129,27 +149,39 @@ class MixesRows(Transform):
 @pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning")
 def test_export_refuses_a_bad_round_trip(tmp_path):
     with pytest.raises(ExportError, match=r"round trip decode\(encode\(x\)\) misses x by"):
-        export_artifact(Flow(WrongInverse(), [2], "vector"), tmp_path / "toy", name="toy", dataset=DATASET,
-                        metrics=METRICS, reference=torch.randn(12, 2))
+        export_artifact(
+            Flow(WrongInverse(), [2], "vector"),
+            tmp_path / "toy",
+            name="toy",
+            dataset=DATASET,
+            metrics=METRICS,
+            reference=torch.randn(12, 2),
+        )
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning")
 def test_export_refuses_rows_that_depend_on_each_other(tmp_path):
     with pytest.raises(ExportError, match="batch rows are not independent"):
-        export_artifact(Flow(MixesRows(), [2], "vector"), tmp_path / "toy", name="toy", dataset=DATASET,
-                        metrics=METRICS, reference=torch.randn(12, 2))
+        export_artifact(
+            Flow(MixesRows(), [2], "vector"),
+            tmp_path / "toy",
+            name="toy",
+            dataset=DATASET,
+            metrics=METRICS,
+            reference=torch.randn(12, 2),
+        )
     assert not any(tmp_path.iterdir())
 
 
 def test_export_checks_its_inputs(tmp_path):
     flow, reference = flows_and_references()["NVPNet"]
     with pytest.raises(ExportError, match=r"expected a finite number for metrics\['test_nll_nats'\]"):
-        export_artifact(flow, tmp_path / "a", name="a", dataset=DATASET, metrics={"test_bits_per_dim": 1.0},
-                        reference=reference)
+        export_artifact(
+            flow, tmp_path / "a", name="a", dataset=DATASET, metrics={"test_bits_per_dim": 1.0}, reference=reference
+        )
     with pytest.raises(ExportError, match=r"expected reference items of shape \(N >= 2, \[2\]\)"):
-        export_artifact(flow, tmp_path / "a", name="a", dataset=DATASET, metrics=METRICS,
-                        reference=torch.randn(5, 3))
+        export_artifact(flow, tmp_path / "a", name="a", dataset=DATASET, metrics=METRICS, reference=torch.randn(5, 3))
 
 
 def test_cli_export_evaluate_and_sample_a_checkpoint(tmp_path):

@@ -19,8 +19,14 @@ from .conftest import REPO, cli_env, image_config, run_cli, write_toml
 
 
 def start_fit(config_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "training", "fit", "--config", str(config_path), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "training", "fit", "--config", str(config_path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=REPO,
+    )
 
 
 def wait_for_step(metrics: Path, process: subprocess.Popen, predicate, timeout: float = 60.0) -> dict:
@@ -44,8 +50,7 @@ def wait_for_step(metrics: Path, process: subprocess.Popen, predicate, timeout: 
 
 def test_ctrl_c_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
     # Many epochs, so that the signal surely lands before the end; resuming then finishes the interrupted epoch.
-    config = image_config(tmp_path, "train.epochs=50", "train.sample_every=0", "data.val_size=16",
-                          "data.test_size=16")
+    config = image_config(tmp_path, "train.epochs=50", "train.sample_every=0", "data.val_size=16", "data.test_size=16")
     process = start_fit(write_toml(config, tmp_path / "tiny.toml"))
     wait_for_step(tmp_path / "run" / "metrics.jsonl", process, lambda r: r["epoch"] >= 1 and r["step"] % 17 > 3)
     process.send_signal(signal.SIGINT)
@@ -74,8 +79,9 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch_and_never_corrupts(tmp_path)
     record = wait_for_step(metrics, process, lambda r: r["epoch"] >= 2 and r["step"] % 14 > 5)
     process.kill()  # SIGKILL: no handler runs
     process.communicate(timeout=30)
-    in_progress = max(json.loads(line)["epoch"] for line in metrics.read_text().splitlines()
-                      if json.loads(line)["kind"] == "train")
+    in_progress = max(
+        json.loads(line)["epoch"] for line in metrics.read_text().splitlines() if json.loads(line)["kind"] == "train"
+    )
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")  # weights_only load succeeds
     assert checkpoint.batch_in_epoch == 0
     # "epoch" in a training record counts the epochs completed before it: at most the one in progress is lost.

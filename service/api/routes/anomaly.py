@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from service import anomaly, inference
-from service.anomaly import ScoreName
-from service.anomaly_schemas import AnomalyRequest, AnomalyResponse
-from service.anomaly_scoring import decision, explain, references, require, score_batch
-from service.api.deps import ContextDep, InputsPayload, body_kind, parse_inputs_body
+from artifact import scores
+from service.api.anomaly_schemas import AnomalyRequest, AnomalyResponse, anomaly_fields
+from service.api.deps import AnomalyBodyDep, ContextDep
+from service.api.inputs import require_image_model
+from service.api.openapi import MULTIPART_FILES_DOC
 from service.api.render import json_response
-from service.api.routes.scoring import MULTIPART_FILES_DOC, payload_tensor
-from service.errors import InvalidInputError
-from service.inputs import require_image_model
-from service.schemas import EXAMPLE_PNG, ErrorBody, error_responses
+from service.api.schemas import EXAMPLE_PNG, ErrorBody, error_responses
+from service.engine import inference
+from service.scoring.explain import explain
+from service.scoring.scores import Items, decision, require, score_batch
 
 router = APIRouter(tags=["anomaly"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -51,39 +51,24 @@ OPENAPI_BODY = {
 
 
 @router.post("/anomaly", response_model=AnomalyResponse, responses=ERRORS, openapi_extra=OPENAPI_BODY)
-async def score_anomaly(
-    request: Request,
-    context: ContextDep,
-    fpr: Annotated[float | None, Query(gt=0, lt=1, description="multipart bodies only: see `fpr`.")] = None,
-    score: Annotated[ScoreName | None, Query(description="multipart bodies only: see `score`.")] = None,
-    explain_maps: Annotated[bool, Query(alias="explain", description="multipart bodies only: see `explain`.")] = False,
-) -> Response:
+async def score_anomaly(body: AnomalyBodyDep, request: Request, context: ContextDep) -> Response:
     """Calibrated anomaly scores (`nll`, `complexity`, `latent`, `combined`, `typicality`) and `is_anomaly` at `fpr`.
 
     A JSON body is an `/log-likelihood` body plus `fpr`, `score` and `explain`; a multipart body of image files
     takes them from the query string (`/anomaly?fpr=0.05&explain=true`). docs/anomaly.md explains the scores.
     """
     deadline = context.deadline()
-    if body_kind(request) == "multipart":
-        payload = await parse_inputs_body(request, context)
-        options = AnomalyRequest.model_construct(fpr=fpr, score=score, explain=explain_maps)
-    else:
-        if fpr is not None or score is not None or explain_maps:
-            raise InvalidInputError(
-                "query: expected fpr, score and explain in the JSON body (the query string is for multipart "
-                f"bodies), got query parameters {sorted(request.query_params)}"
-            )
-        options = AnomalyRequest.model_validate_json(await request.body())
-        payload = InputsPayload(model=options.model, inputs=options.inputs, images=options.images)
+    payload, options = body
     served = context.model(request, payload.model)
     card = served.card
-    x = payload_tensor(card, payload, context.settings.max_samples)
-    deciding = options.score or anomaly.default_score(card.is_image)
-    require(card, references(served), deciding)
+    x = payload.tensor(card, context.settings.max_samples)
+    deciding = options.score or scores.default_score(card.is_image)
+    require(card, served.references, deciding)
     if options.explain:
         require_image_model(card, "explain")
     latents, _, bits = await inference.latents_and_log_likelihood(served, x, deadline)
-    result = await score_batch(served, x, latents, bits, options.fpr or context.settings.anomaly_fpr)
+    items = Items(x=x, latents=latents, bits_per_dim=bits.numpy())
+    report = await score_batch(card, served.references, items, options.fpr or context.settings.anomaly_fpr)
     maps, scales = None, None
     if options.explain:
         registry = context.registry
@@ -94,9 +79,9 @@ async def score_anomaly(
         AnomalyResponse.model_construct(
             model=served.name,
             score=deciding,
-            is_anomaly=decision(result, deciding, len(x)),
+            is_anomaly=decision(report, deciding, len(x)),
             explanations=maps,
             explanation_scale=scales,
-            **dict(result),
+            **anomaly_fields(report),
         )
     )

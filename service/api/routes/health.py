@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ContextDep
-from service.schemas import HealthResponse, ReadinessResponse
+from service.api.schemas import HealthResponse, ReadinessResponse
 
 router = APIRouter(tags=["operations"])
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import inference
 from service.api.deps import ContextDep
+from service.api.inputs import check_count, images_to_tensor, inputs_to_tensor, require_image_model
 from service.api.render import decoded_response
-from service.inputs import check_count, images_to_tensor, inputs_to_tensor, require_image_model
-from service.schemas import ImagesResponse, InterpolateRequest, SamplesResponse, error_responses
+from service.api.schemas import ImagesResponse, InterpolateRequest, SamplesResponse, error_responses
+from service.engine import inference
 
 router = APIRouter(tags=["interpolation"])
 

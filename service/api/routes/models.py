@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.api.deps import ContextDep
-from service.schemas import ModelsResponse, error_responses
+from service.api.schemas import ModelsResponse, error_responses
 
 router = APIRouter(tags=["models"])
 

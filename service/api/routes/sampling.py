@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service import inference
 from service.api.deps import ContextDep
+from service.api.inputs import check_count, latents_to_tensor, require_image_model
 from service.api.render import PNG_MEDIA_TYPE, decoded_response, png_grid_response
-from service.inputs import check_count, latents_to_tensor, require_image_model
-from service.schemas import MAX_SEED, DecodeRequest, ImagesResponse, SampleRequest, SamplesResponse, error_responses
+from service.api.schemas import MAX_SEED, DecodeRequest, ImagesResponse, SampleRequest, SamplesResponse, error_responses
+from service.engine import inference
 
 router = APIRouter(tags=["sampling"])
 ERRORS = error_responses(401, 404, 413, 422, 503, 504)

@@ -1,0 +1,46 @@
+"""The card schema (``artifact.card``): reference arrays checked, the bundled cards and older cards still load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from artifact import ModelCard, read_card
+from service.core.config import BUNDLED_MODEL_DIR
+
+
+@pytest.mark.parametrize("name", ["moons", "bimodal", "mnist"])
+def test_bundled_cards_still_load(name: str) -> None:
+    assert (BUNDLED_MODEL_DIR / name / "card.json").is_file(), f"the bundled {name} model is missing"
+    card = read_card(BUNDLED_MODEL_DIR / name)
+    assert card.reference_scores is not None and len(card.reference_scores.bits_per_dim) > 0
+
+
+def card_with(scores: dict) -> dict:
+    return {
+        "format_version": 1, "name": "x", "version": "1", "flow_type": "RealNVP", "data_kind": "image",
+        "shape": [1, 2, 2], "dimension": 4, "value_range": [0, 255], "sha256": "0" * 64, "reference_scores": scores,
+    }  # fmt: skip
+
+
+def test_card_checks_the_reference_arrays() -> None:
+    base = {"split": "val", "log_likelihood": [-1.0, -2.0], "bits_per_dim": [1.0, 2.0]}
+    assert ModelCard.model_validate_json(json.dumps(card_with(base))).reference_scores.complexity is None  # an old card
+    good = {**base, "complexity": [0.1, 0.2], "complexity_compressor": "png"}
+    assert ModelCard.model_validate_json(json.dumps(card_with(good))).reference_scores.complexity == [0.1, 0.2]
+    latent = {**base, "latent": [0.1, 0.2], "latent_mean": [0.0] * 4, "latent_std": [1.0] * 4}
+    assert ModelCard.model_validate_json(json.dumps(card_with(latent))).reference_scores.latent_std == [1.0] * 4
+    for bad, message in (
+        ({**base, "complexity": [0.1]}, "expected 2 values and a complexity_compressor"),
+        ({**base, "complexity": [0.1, 0.2]}, "complexity_compressor"),
+        ({**good, "complexity_compressor": "gzip"}, "complexity_compressor"),
+        ({**base, "bits_per_dim": [1.0]}, "as many log_likelihood as bits_per_dim"),
+        ({**base, "bits_per_dim": [1.0, float("nan")]}, "finite"),
+        ({**base, "latent": [0.1, 0.2]}, "latent, latent_mean and latent_std together"),
+        ({**base, "latent": [0.1], "latent_mean": [0.0] * 4, "latent_std": [1.0] * 4}, "expected 2 values"),
+        ({**base, "latent": [0.1, 0.2], "latent_mean": [0.0] * 4, "latent_std": [1.0, 1.0, 1.0, 0.0]}, "positive"),
+        ({**base, "latent": [0.1, 0.2], "latent_mean": [0.0] * 3, "latent_std": [1.0] * 3}, "the dimension"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ModelCard.model_validate_json(json.dumps(card_with(bad)))
