@@ -29,7 +29,8 @@ serve: install
 
 test: install-dev
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not docker"
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -m "not docker and not browser"
 
 test-all: install-dev
 	$(PY) -m pytest

@@ -92,7 +92,7 @@ class Flow(nn.Module):
         return standard_normal_log_prob(z) + log_det
 
     def forward(self, x: Tensor) -> Tensor:
-        """Same as :meth:`log_prob` (so that ``DistributedDataParallel`` wraps the training objective)."""
+        """Same as :meth:`log_prob` with no noise given: calling the flow as a module scores its input."""
         return self.log_prob(x, None)
 
     @torch.jit.ignore

@@ -8,10 +8,10 @@ from a checkpoint, even one written mid-epoch at Ctrl-C, takes exactly the steps
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from training.checkpoint import (
 )
 from training.config import ConfigError, TrainConfig, config_to_dict
 from training.data import DataSplits, load_data
+from training.ema import make_ema, update_ema
 from training.evaluate import held_out_log_likelihoods, summarize
 from training.plots import save_image_grid, save_vector_samples
 from training.runtime import MetricsLog, StopFlag, agree, choose_device, fits_on_gpu, setup_distributed
@@ -87,210 +88,354 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
         Interrupted: after Ctrl-C/SIGTERM, once the checkpoint is saved.
         TrainingError: ``train.max_bad_steps`` consecutive non-finite losses.
     """
-    # ---- processes, device, precision
+    run = setup_run(config, resume)
+    with StopFlag() as stop:
+        while run.epoch < config.train.epochs:
+            batches = epoch_batches(run)  # (batches, B) indices into the training split
+            run.flow.train()
+            tally = EpochTally(run.device)
+            bar = tqdm(
+                total=run.batches_per_epoch,
+                initial=run.batch_in_epoch,
+                desc=f"epoch {run.epoch + 1}/{config.train.epochs}",
+                disable=not (run.master and config.train.progress),
+                leave=False,
+            )
+            while run.batch_in_epoch < run.batches_per_epoch:
+                result = train_step(run, batches[run.batch_in_epoch])
+                finite, stop_now = agree(result.finite, stop.requested, run.world_size, run.device)
+                after_step(run, result, finite, tally, bar)
+                if stop_now:
+                    interrupt(run)
+            bar.close()
+            end_of_epoch(run, tally)
+    finish(run)
+    return run.last_path
+
+
+# --------------------------------------------------------------------------------------------------- the run
+@dataclass(eq=False)
+class Run:
+    """Everything a training run carries from step to step (built by :func:`setup_run`)."""
+
+    config: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    use_bf16: bool
+    data: DataSplits
+    train_items: Tensor
+    val_items: Tensor
+    sampler: DistributedSampler
+    per_rank_batch: int
+    batches_per_epoch: int
+    flow: Flow
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: Flow | None
+    metrics: MetricsLog
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_val_bpd: float = math.inf
+    elapsed_before: float = 0.0
+    bad_steps: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def master(self) -> bool:
+        """Rank 0: the process that evaluates and writes."""
+        return self.rank == 0
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        return self.batches_per_epoch * self.config.train.epochs
+
+    @property
+    def last_path(self) -> Path:
+        """The checkpoint written at every epoch end and at Ctrl-C."""
+        return Path(self.config.out_dir) / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        """The checkpoint of the best validation bits/dim."""
+        return Path(self.config.out_dir) / "best.pt"
+
+    def elapsed(self) -> float:
+        """Training seconds, resumed runs included."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def checkpoint(self) -> Checkpoint:
+        """The run's state as a checkpoint (resume, evaluation and export all read this one format)."""
+        return Checkpoint(
+            config=self.config,
+            model=self.flow.state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            optimizer=self.optimizer.state_dict(),
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            step=self.step,
+            best_val_bpd=self.best_val_bpd,
+            data=data_record(self.data),
+            rng={"torch": torch.get_rng_state()},
+            extra={
+                "elapsed_s": self.elapsed(),
+                "world_size": self.world_size,
+                "num_parameters": self.flow.num_parameters(),
+            },
+        )
+
+
+def setup_run(config: TrainConfig, resume: str | Path | None) -> Run:
+    """Processes, device, data, flow, optimizer and EMA; the position of ``resume`` when given.
+
+    Raises:
+        ConfigError: the batch does not split over the processes, or the split is smaller than one batch.
+        CheckpointError: ``resume`` does not fit ``config`` (see :func:`check_resumable`).
+    """
     rank, world_size, local_rank = setup_distributed(config)
-    master = rank == 0
     device = choose_device(config.train.device, local_rank)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    use_bf16 = config.train.amp == "bf16" or (config.train.amp == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    out_dir = Path(config.out_dir)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-
-    # ---- data: whole splits as tensors; the training split goes to the GPU when it fits
     data = load_data(config.data)
-    train_items = data.split("train")
-    val_items = data.split("val")
+    train_items, val_items = data.split("train"), data.split("val")
     if device.type == "cuda" and fits_on_gpu(train_items, device):
         train_items = train_items.to(device)
+    per_rank_batch, batches_per_epoch, sampler = _batching(config, len(train_items), rank, world_size)
+    torch.manual_seed(config.seed)  # the architecture and its initial weights come from the config alone
+    flow = build_flow(config.model, data.kind, data.shape).to(device)
+    model: nn.Module = LogProbObjective(flow)
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    run = Run(
+        config=config,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        use_bf16=config.train.amp == "bf16" or (config.train.amp == "auto" and device.type == "cuda"),
+        data=data,
+        train_items=train_items,
+        val_items=val_items,
+        sampler=sampler,
+        per_rank_batch=per_rank_batch,
+        batches_per_epoch=batches_per_epoch,
+        flow=flow,
+        model=model,
+        optimizer=torch.optim.Adam(flow.parameters(), lr=config.optim.lr, betas=config.optim.betas),
+        ema=make_ema(flow) if config.optim.ema_decay > 0 else None,
+        metrics=MetricsLog(Path(config.out_dir) / "metrics.jsonl", enabled=rank == 0),
+    )
+    if resume is not None:
+        _restore(run, resume)
+    if run.master:
+        print(
+            f"training {config.model.type} ({flow.num_parameters():,} parameters) on {data.name} "
+            f"{data.sizes} on {device}{' bf16' if run.use_bf16 else ''} x{world_size}, {run.total_steps} steps"
+        )
+    return run
+
+
+def _batching(config: TrainConfig, size: int, rank: int, world_size: int) -> tuple[int, int, DistributedSampler]:
+    """``(per-process batch, batches per epoch, sampler)`` for a training split of ``size`` items."""
     per_rank_batch = config.train.batch_size // world_size
     if per_rank_batch * world_size != config.train.batch_size:
         raise ConfigError(
             f"train.batch_size = {config.train.batch_size} is not divisible by the {world_size} processes"
         )
     sampler = DistributedSampler(
-        range(len(train_items)), num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True
+        range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True
     )
     batches_per_epoch = len(sampler) // per_rank_batch
     if batches_per_epoch == 0:
         raise ConfigError(
-            f"the training split has {len(train_items)} items, fewer than one batch of "
-            f"{config.train.batch_size}; lower train.batch_size"
+            f"the training split has {size} items, fewer than one batch of {config.train.batch_size}; "
+            "lower train.batch_size"
         )
-    total_steps = batches_per_epoch * config.train.epochs
+    return per_rank_batch, batches_per_epoch, sampler
 
-    # ---- model, optimizer, EMA (the architecture comes from the config alone)
-    torch.manual_seed(config.seed)
-    flow = build_flow(config.model, data.kind, data.shape).to(device)
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.optim.lr, betas=config.optim.betas)
-    ema = make_ema(flow) if config.optim.ema_decay > 0 else None
-    epoch, batch_in_epoch, step, best_val_bpd, elapsed = 0, 0, 0, math.inf, 0.0
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)
-        check_resumable(checkpoint, config, data, str(resume))
-        flow.load_state_dict(checkpoint.model)
-        optimizer.load_state_dict(checkpoint.optimizer)
-        if ema is not None:
-            ema.load_state_dict(checkpoint.ema)
-        torch.set_rng_state(checkpoint.rng["torch"])
-        epoch, batch_in_epoch, step = checkpoint.epoch, checkpoint.batch_in_epoch, checkpoint.step
-        best_val_bpd, elapsed = checkpoint.best_val_bpd, checkpoint.extra.get("elapsed_s", 0.0)
-        if checkpoint.extra.get("world_size", world_size) != world_size and master:
-            print(
-                f"warning: resuming a {checkpoint.extra['world_size']}-process run with {world_size} "
-                "processes: the data order differs from the original run"
-            )
-    model: nn.Module = LogProbObjective(flow)
-    if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    scales = flow.weight_norm_scales()
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=master)
 
-    def make_checkpoint() -> Checkpoint:
-        rng = {"torch": torch.get_rng_state()}
-        return Checkpoint(
-            config=config,
-            model=flow.state_dict(),
-            ema=ema.state_dict() if ema is not None else None,
-            optimizer=optimizer.state_dict(),
-            epoch=epoch,
-            batch_in_epoch=batch_in_epoch,
-            step=step,
-            best_val_bpd=best_val_bpd,
-            data=data_record(data),
-            rng=rng,
-            extra={
-                "elapsed_s": elapsed + time.monotonic() - started,
-                "world_size": world_size,
-                "num_parameters": flow.num_parameters(),
-            },
-        )
-
-    # ---- the loop
-    stop = StopFlag()
-    started = time.monotonic()
-    lr = get_lr(step, config, total_steps)
-    if master:
+def _restore(run: Run, resume: str | Path) -> None:
+    """Load weights, optimizer, EMA, RNG and position from ``resume`` into ``run``."""
+    checkpoint = load_checkpoint(resume)
+    check_resumable(checkpoint, run.config, run.data, str(resume))
+    run.flow.load_state_dict(checkpoint.model)
+    run.optimizer.load_state_dict(checkpoint.optimizer)
+    if run.ema is not None:
+        run.ema.load_state_dict(checkpoint.ema)
+    torch.set_rng_state(checkpoint.rng["torch"])
+    run.epoch, run.batch_in_epoch, run.step = checkpoint.epoch, checkpoint.batch_in_epoch, checkpoint.step
+    run.best_val_bpd, run.elapsed_before = checkpoint.best_val_bpd, checkpoint.extra.get("elapsed_s", 0.0)
+    if checkpoint.extra.get("world_size", run.world_size) != run.world_size and run.master:
         print(
-            f"training {config.model.type} ({flow.num_parameters():,} parameters) on {data.name} "
-            f"{data.sizes} on {device}{' bf16' if use_bf16 else ''} x{world_size}, {total_steps} steps"
+            f"warning: resuming a {checkpoint.extra['world_size']}-process run with {run.world_size} "
+            "processes: the data order differs from the original run"
         )
-    with stop:
-        while epoch < config.train.epochs:
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler))[: batches_per_epoch * per_rank_batch]
-            batches = order.view(batches_per_epoch, per_rank_batch)  # (batches, B) indices into the split
-            flow.train()
-            bar = tqdm(
-                total=batches_per_epoch,
-                initial=batch_in_epoch,
-                desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                disable=not (master and config.train.progress),
-                leave=False,
-            )
-            epoch_bpd, epoch_count, bad_steps = 0.0, 0, 0
-            while batch_in_epoch < batches_per_epoch:
-                lr = get_lr(step, config, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = get_batch(train_items, batches[batch_in_epoch], device)  # (B, *shape) float
-                noise = dequantization_noise(x, data.kind, config.seed, step, rank, world_size)
-                with torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext():
-                    log_prob = model(x, noise)  # (B,) nats
-                nll_bpd = -log_prob.float().mean() / (flow.dim * math.log(2.0))
-                penalty = sum((g.float() ** 2).sum() for g in scales) if scales else torch.zeros((), device=device)
-                loss = nll_bpd + config.optim.weight_norm_l2 * penalty
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(flow.parameters(), config.optim.grad_clip or math.inf)
-                finite, stop_now = agree(
-                    bool(torch.isfinite(loss) and torch.isfinite(grad_norm)), stop.requested, world_size, device
-                )
-                if finite:
-                    optimizer.step()  # a non-finite loss never reaches the weights
-                    if ema is not None:
-                        update_ema(ema, flow, config.optim.ema_decay)
-                    bad_steps = 0
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    bad_steps += 1
-                    message = (
-                        f"step {step}: non-finite loss {loss.item():.4g} or gradient norm "
-                        f"{grad_norm.item():.4g}; update skipped, weights unchanged"
-                    )
-                    if master:
-                        tqdm.write(message)
-                    if bad_steps >= config.train.max_bad_steps:
-                        raise TrainingError(
-                            f"{message}. {bad_steps} consecutive bad steps: stopping. Lower "
-                            f"optim.lr or raise optim.warmup_steps; last good checkpoint: "
-                            f"{last_path}"
-                        )
-                batch_in_epoch += 1
-                step += 1
-                if finite:
-                    epoch_bpd, epoch_count = epoch_bpd + nll_bpd.item(), epoch_count + 1
-                    bar.update(1)
-                    if step % config.train.log_every == 0:
-                        bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{nll_bpd.item():.4f}")
-                        metrics.write(
-                            kind="train",
-                            step=step,
-                            epoch=epoch,
-                            loss=loss.item(),
-                            train_bpd=nll_bpd.item(),
-                            lr=lr,
-                            grad_norm=grad_norm.item(),
-                        )
-                if stop_now:
-                    if master:
-                        save_checkpoint(last_path, make_checkpoint())
-                    raise Interrupted(
-                        f"interrupted at epoch {epoch + 1}, batch {batch_in_epoch}/"
-                        f"{batches_per_epoch}; checkpoint saved to {last_path}"
-                    )
-            bar.close()
 
-            # ---- end of epoch: validation, samples, checkpoint (rank 0 writes)
-            epoch, batch_in_epoch = epoch + 1, 0
-            if master:
-                eval_flow = ema if ema is not None else flow
-                # the standard measure (one seeded dequantization draw per image), the same draws every epoch
-                val_ll = held_out_log_likelihoods(eval_flow, val_items, 1, config.train.eval_batch_size, device)
-                val = summarize(val_ll, flow.dim)
-                is_best = val["bits_per_dim"] < best_val_bpd
-                best_val_bpd = min(best_val_bpd, val["bits_per_dim"])
-                record = dict(
-                    kind="epoch",
-                    epoch=epoch,
-                    step=step,
-                    val_bpd=val["bits_per_dim"],
-                    val_nll_nats=val["nll_nats"],
-                    train_bpd=epoch_bpd / max(epoch_count, 1),
-                    lr=lr,
-                    elapsed_s=elapsed + time.monotonic() - started,
-                )
-                metrics.write(**record)
-                print(
-                    f"epoch {epoch}/{config.train.epochs}: train {record['train_bpd']:.4f} bits/dim, "
-                    f"val {val['bits_per_dim']:.4f} bits/dim ({val['nll_nats']:.4f} nats), "
-                    f"{record['elapsed_s']:.0f} s",
-                    flush=True,
-                )
-                if config.train.sample_every and epoch % config.train.sample_every == 0:
-                    write_samples(eval_flow, config, data, out_dir / "samples" / f"epoch_{epoch:04d}.png")
-                checkpoint = make_checkpoint()
-                save_checkpoint(last_path, checkpoint)
-                if is_best:
-                    save_checkpoint(best_path, checkpoint)
-            if world_size > 1:
-                dist.barrier()
-    metrics.close()
-    if world_size > 1:
+
+# --------------------------------------------------------------------------------------------------- steps
+def epoch_batches(run: Run) -> Tensor:
+    """This epoch's ``(batches, B)`` indices into the training split (the same for a given seed and epoch)."""
+    run.sampler.set_epoch(run.epoch)
+    order = torch.tensor(list(run.sampler))[: run.batches_per_epoch * run.per_rank_batch]
+    return order.view(run.batches_per_epoch, run.per_rank_batch)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's figures, still on the device (read back only when logged)."""
+
+    finite: bool
+    loss: Tensor
+    nll_bpd: Tensor
+    grad_norm: Tensor
+    lr: float
+
+
+def train_step(run: Run, index: Tensor) -> StepResult:
+    """Forward, backward and clipping of one batch; the update itself waits for :func:`after_step`."""
+    config = run.config
+    lr = get_lr(run.step, config, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x = get_batch(run.train_items, index, run.device)  # (B, *shape) float
+    noise = dequantization_noise(x, run.data.kind, config.seed, run.step, run.rank, run.world_size)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16) if run.use_bf16 else nullcontext():
+        log_prob = run.model(x, noise)  # (B,) nats
+    nll_bpd = -log_prob.float().mean() / (run.flow.dim * math.log(2.0))
+    loss = nll_bpd + config.optim.weight_norm_l2 * weight_norm_penalty(run.flow)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(run.flow.parameters(), config.optim.grad_clip or math.inf)
+    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one host sync of a step
+    return StepResult(finite=finite, loss=loss.detach(), nll_bpd=nll_bpd.detach(), grad_norm=grad_norm, lr=lr)
+
+
+def weight_norm_penalty(flow: Flow) -> Tensor:
+    """The paper's ``Σ g²`` over the weight-norm scales, as one fused reduction."""
+    scales = flow.weight_norm_scales()
+    if not scales:
+        return torch.zeros((), device=next(flow.parameters()).device)
+    return torch.stack(torch._foreach_norm([g.float() for g in scales])).square().sum()
+
+
+@dataclass
+class EpochTally:
+    """The epoch's summed training bits/dim, accumulated on the device (read once, at the epoch's end)."""
+
+    device: torch.device
+    total: Tensor = field(init=False)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = torch.zeros((), device=self.device)
+
+    def add(self, nll_bpd: Tensor) -> None:
+        """Count one finite step."""
+        self.total += nll_bpd
+        self.count += 1
+
+    def mean(self) -> float:
+        """Mean training bits/dim of the counted steps (0 when none)."""
+        return float(self.total) / max(self.count, 1)
+
+
+def after_step(run: Run, result: StepResult, finite: bool, tally: EpochTally, bar: tqdm) -> None:
+    """Apply the update when every process saw a finite loss (else skip it), advance, log.
+
+    Raises:
+        TrainingError: ``train.max_bad_steps`` consecutive skipped steps.
+    """
+    if finite:
+        run.optimizer.step()  # a non-finite loss never reaches the weights
+        if run.ema is not None:
+            update_ema(run.ema, run.flow, run.config.optim.ema_decay)
+        run.bad_steps = 0
+    else:
+        run.optimizer.zero_grad(set_to_none=True)
+        run.bad_steps += 1
+        message = (
+            f"step {run.step}: non-finite loss {result.loss.item():.4g} or gradient norm "
+            f"{result.grad_norm.item():.4g}; update skipped, weights unchanged"
+        )
+        if run.master:
+            tqdm.write(message)
+        if run.bad_steps >= run.config.train.max_bad_steps:
+            raise TrainingError(
+                f"{message}. {run.bad_steps} consecutive bad steps: stopping. Lower optim.lr or raise "
+                f"optim.warmup_steps; last good checkpoint: {run.last_path}"
+            )
+    run.batch_in_epoch += 1
+    run.step += 1
+    if not finite:
+        return
+    tally.add(result.nll_bpd)
+    bar.update(1)
+    if run.step % run.config.train.log_every == 0:
+        loss, nll_bpd, grad_norm = torch.stack([result.loss, result.nll_bpd, result.grad_norm.float()]).tolist()
+        bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{nll_bpd:.4f}")
+        run.metrics.write(
+            kind="train", step=run.step, epoch=run.epoch, loss=loss, train_bpd=nll_bpd, lr=result.lr,
+            grad_norm=grad_norm,
+        )  # fmt: skip
+
+
+def interrupt(run: Run) -> None:
+    """Save the position mid-epoch and stop (every process agreed to).
+
+    Raises:
+        Interrupted: always, once rank 0 has saved.
+    """
+    if run.master:
+        save_checkpoint(run.last_path, run.checkpoint())
+    if run.world_size > 1:
+        dist.barrier()  # no rank leaves while rank 0 still writes
+    raise Interrupted(
+        f"interrupted at epoch {run.epoch + 1}, batch {run.batch_in_epoch}/{run.batches_per_epoch}; "
+        f"checkpoint saved to {run.last_path}"
+    )
+
+
+def end_of_epoch(run: Run, tally: EpochTally) -> None:
+    """Validation by the standard bits/dim, samples, checkpoints (rank 0 writes)."""
+    run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+    if run.master:
+        eval_flow = run.ema if run.ema is not None else run.flow
+        # the standard measure (one seeded dequantization draw per image), the same draws every epoch
+        val_ll = held_out_log_likelihoods(eval_flow, run.val_items, 1, run.config.train.eval_batch_size, run.device)
+        val = summarize(val_ll, run.flow.dim)
+        is_best = val["bits_per_dim"] < run.best_val_bpd
+        run.best_val_bpd = min(run.best_val_bpd, val["bits_per_dim"])
+        record = dict(
+            kind="epoch", epoch=run.epoch, step=run.step, val_bpd=val["bits_per_dim"], val_nll_nats=val["nll_nats"],
+            train_bpd=tally.mean(), lr=get_lr(run.step - 1, run.config, run.total_steps), elapsed_s=run.elapsed(),
+        )  # fmt: skip
+        run.metrics.write(**record)
+        print(
+            f"epoch {run.epoch}/{run.config.train.epochs}: train {record['train_bpd']:.4f} bits/dim, "
+            f"val {val['bits_per_dim']:.4f} bits/dim ({val['nll_nats']:.4f} nats), {record['elapsed_s']:.0f} s",
+            flush=True,
+        )
+        every = run.config.train.sample_every
+        if every and run.epoch % every == 0:
+            samples_path = Path(run.config.out_dir) / "samples" / f"epoch_{run.epoch:04d}.png"
+            write_samples(eval_flow, run.config, run.data, samples_path)
+        checkpoint = run.checkpoint()
+        save_checkpoint(run.last_path, checkpoint)
+        if is_best:
+            save_checkpoint(run.best_path, checkpoint)
+    if run.world_size > 1:
+        dist.barrier()
+
+
+def finish(run: Run) -> None:
+    """Flush the metrics; leave the process group once every rank is done."""
+    run.metrics.close()
+    if run.world_size > 1:
+        dist.barrier()
         dist.destroy_process_group()
-    return last_path
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -319,30 +464,6 @@ def dequantization_noise(x: Tensor, kind: str, seed: int, step: int, rank: int, 
         return None
     generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + step * world_size + rank)
     return torch.rand(x.shape, generator=generator, device=x.device)
-
-
-def make_ema(flow: Flow) -> Flow:
-    """A frozen copy of ``flow`` whose weights track an exponential moving average."""
-    ema = copy.deepcopy(flow).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
-
-
-@torch.no_grad()
-def update_ema(ema: Flow, flow: Flow, decay: float) -> None:
-    """``ema ← decay · ema + (1 − decay) · flow`` for parameters and float buffers (batch-norm statistics).
-
-    Averaging the batch-norm statistics as well matters: running statistics of the current weights do not fit
-    the averaged weights, and a flow's eval-mode likelihood can then diverge.
-    """
-    for ema_p, p in zip(ema.parameters(), flow.parameters(), strict=True):
-        ema_p.lerp_(p, 1.0 - decay)
-    for ema_b, b in zip(ema.buffers(), flow.buffers(), strict=True):
-        if ema_b.is_floating_point():
-            ema_b.lerp_(b, 1.0 - decay)
-        else:
-            ema_b.copy_(b)
 
 
 def check_resumable(checkpoint: Checkpoint, config: TrainConfig, data: DataSplits, where: str) -> None:

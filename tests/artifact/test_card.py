@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from artifact import ModelCard, read_card
+from artifact import FORMAT_VERSION, ModelCard, build_card, read_card
 from service.core.config import BUNDLED_MODEL_DIR
 
 
@@ -44,3 +44,35 @@ def test_card_checks_the_reference_arrays() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             ModelCard.model_validate_json(json.dumps(card_with(bad)))
+
+
+def built(**overrides: object) -> dict:
+    arguments: dict = {
+        "name": "toy", "flow_type": "RealNVP", "data_kind": "image", "shape": [1, 2, 2], "sha256": "a" * 64,
+        "dataset": {"name": "synthetic", "splits": {"train": 1, "val": 2, "test": 3}},
+        "metrics": {"test_bits_per_dim": 1.5, "test_nll_nats": 4.2}, "reference_scores": None,
+    }  # fmt: skip
+    arguments.update(overrides)
+    return build_card(**arguments)
+
+
+def test_build_card_writes_what_the_schema_reads() -> None:
+    card = ModelCard.model_validate_json(json.dumps(built()))
+    assert (card.format_version, card.dimension, card.value_range) == (FORMAT_VERSION, 4, (0, 255))
+    assert card.metrics == {"test_bits_per_dim": 1.5, "test_nll_nats": 4.2}
+    vector = ModelCard.model_validate_json(json.dumps(built(data_kind="vector", shape=[3], flow_type="NVPNet")))
+    assert (vector.dimension, vector.value_range) == (3, None)
+
+
+def test_build_card_refuses_a_card_the_service_would_refuse() -> None:
+    with pytest.raises(ValueError, match=r"shape: expected \[C, H, W\] with C in \(1, 3\)"):
+        built(shape=[2, 2, 2])
+    with pytest.raises(ValueError, match="sha256"):
+        built(sha256="not-a-digest")
+
+
+def test_a_flow_type_the_service_has_not_heard_of_is_accepted() -> None:
+    """The module contract decides what can be served, not a closed list of class names."""
+    assert ModelCard.model_validate_json(json.dumps(built(flow_type="Glow"))).flow_type == "Glow"
+    with pytest.raises(ValueError, match="flow_type"):
+        ModelCard.model_validate_json(json.dumps(built(flow_type="")))

@@ -7,17 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from models import Flow, NVPNet, PiecewiseLinearFlow, RealNVP, standard_normal_log_prob
+from models import Flow, standard_normal_log_prob
+from models.registry import FLOWS as REGISTRY
+from models.registry import example_flows
 from models.export import script, to_torchscript
 
-FLOWS = {
-    "piecewise": lambda: PiecewiseLinearFlow(num_bins=8, xmin=-3.0, xmax=3.0),
-    "nvpnet": lambda: NVPNet(dim=2, hidden_dim=16, depth=4),
-    "nvpnet5d": lambda: NVPNet(dim=5, hidden_dim=8, depth=2),
-    "realnvp_1x4x4": lambda: RealNVP(in_channels=1, image_size=4, num_scales=2, mid_channels=4, num_blocks=1),
-    "realnvp_1x8x8": lambda: RealNVP(in_channels=1, image_size=8, num_scales=3, mid_channels=4, num_blocks=1),
-    "realnvp_3x4x4": lambda: RealNVP(in_channels=3, image_size=4, num_scales=2, mid_channels=4, num_blocks=2),
-}
+# Every example of every flow in the one list of flows (models/registry.py): a new flow is tested by adding it.
+FLOWS = example_flows()
 
 
 def randomize(flow: Flow, seed: int = 0) -> Flow:
@@ -168,3 +164,13 @@ def test_state_dict_round_trip_restores_the_same_flow(name: str) -> None:
     fresh.load_state_dict(flow.state_dict())
     x = data(flow, 4)
     torch.testing.assert_close(fresh.log_prob(x), flow.log_prob(x), atol=0, rtol=0)
+
+
+def test_every_flow_class_is_registered_with_an_example() -> None:
+    import models
+
+    flow_classes = {cls for cls in vars(models).values() if isinstance(cls, type) and issubclass(cls, Flow)} - {Flow}
+    assert flow_classes == {spec.cls for spec in REGISTRY.values()}
+    assert all(spec.examples for spec in REGISTRY.values())
+    for name, spec in REGISTRY.items():
+        assert spec.cls.__name__ == name

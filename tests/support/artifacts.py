@@ -1,18 +1,18 @@
 """Tiny artifacts for the service tests: untrained flows exported with ``models.export.to_torchscript``.
 
-The card is written by hand following docs/artifact.md (the service must never import ``models``; the tests may).
+The card comes from the contract's own ``artifact.build_card`` (the service never imports ``models``; tests may).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import artifact
 import models
 from models.export import to_torchscript
 
@@ -32,24 +32,22 @@ def write_artifact(
     module_path = directory / "model.ts"
     torch.manual_seed(0)
     torch.jit.save(to_torchscript(flow), str(module_path))
-    card: dict[str, Any] = {
-        "format_version": 1,
-        "name": directory.name,
-        "version": "0.0.1",
-        "flow_type": flow_type,
-        "data_kind": data_kind,
-        "shape": shape,
-        "dimension": math.prod(shape),
-        "value_range": value_range,
-        "dataset": {"name": "none", "splits": {"train": 0, "val": 0, "test": 0}},
-        "metrics": {"test_bits_per_dim": 0.0, "test_nll_nats": 0.0},
-        "num_parameters": sum(p.numel() for p in flow.parameters()),
-        "training_config": {"note": "untrained test artifact"},
-        "torch_version": torch.__version__,
-        "created_at": "2026-11-28T12:00:00Z",
-        "sha256": hashlib.sha256(module_path.read_bytes()).hexdigest(),
-        "reference_scores": {"split": "val", "log_likelihood": [-1.0] * 50, "bits_per_dim": [1.0] * 50},
-    }
+    card = artifact.build_card(
+        name=directory.name,
+        version="0.0.1",
+        flow_type=flow_type,
+        data_kind=data_kind,  # type: ignore[arg-type]
+        shape=shape,
+        sha256=hashlib.sha256(module_path.read_bytes()).hexdigest(),
+        dataset={"name": "none", "splits": {"train": 0, "val": 0, "test": 0}},
+        metrics={"test_bits_per_dim": 0.0, "test_nll_nats": 0.0},
+        reference_scores={"split": "val", "log_likelihood": [-1.0] * 50, "bits_per_dim": [1.0] * 50},
+        num_parameters=sum(p.numel() for p in flow.parameters()),
+        training_config={"note": "untrained test artifact"},
+        torch_version=torch.__version__,
+        created_at="2026-11-28T12:00:00Z",
+    )
+    card["value_range"] = value_range
     card.update(card_overrides or {})
     (directory / "card.json").write_text(json.dumps(card, indent=2))
     return directory
