@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from service.api.deps import ServiceContext, require_api_key
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodySizeLimit, RequestMetrics
-from service.api.routes import anomaly, health, interpolation, models, sampling, scoring
+from service.api.routes import anomaly, health, interpolation, models, playground, sampling, scoring
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.engine.registry import ModelRegistry
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (sampling.router, scoring.router, anomaly.router, interpolation.router, models.router):
         app.include_router(router, dependencies=protected)
     app.include_router(health.router)
+    app.include_router(playground.router)  # the page at / (public: it holds no secret)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -119,5 +119,7 @@ def test_no_function_is_longer_than_80_lines() -> None:
 def test_the_checks_see_a_wrong_arrow(tmp_path: Path) -> None:
     """The import reader resolves the forms a wrong import could take (guards against a vacuous test)."""
     source = tmp_path / "probe.py"
-    source.write_text("import models.flow\nfrom training import train\n\ndef f():\n    from service.core import config\n")
+    source.write_text(
+        "import models.flow\nfrom training import train\n\ndef f():\n    from service.core import config\n"
+    )
     assert {"models.flow", "training", "training.train", "service.core", "service.core.config"} <= imported(source)

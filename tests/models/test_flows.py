@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from models import Flow, standard_normal_log_prob
+from models.export import script, to_torchscript
 from models.registry import FLOWS as REGISTRY
 from models.registry import example_flows
-from models.export import script, to_torchscript
 
 # Every example of every flow in the one list of flows (models/registry.py): a new flow is tested by adding it.
 FLOWS = example_flows()

@@ -144,4 +144,3 @@ def test_importance_weighted_evaluation_is_deterministic(tmp_path):
     # with one draw it is exactly a uniformly-dequantized likelihood, close to the bin-centre figure.
     one = evaluate_checkpoint(last, split="test", samples=1)
     assert abs(one["iw_bits_per_dim"] - one["bits_per_dim"]) < 0.2
-
