@@ -83,7 +83,7 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True, protected_namespaces=())
 
-    format_version: Literal[1]
+    format_version: Literal[1, 2]
     name: str = Field(min_length=1)
     version: str
     # Any flow honouring the module contract can be served: the type is descriptive, not a closed list.
@@ -130,9 +130,23 @@ class ModelCard(BaseModel):
         """Whether items are 8-bit images ``(C, H, W)`` rather than float vectors ``(D,)``."""
         return self.data_kind == "image"
 
+    @property
+    def notes(self) -> list[str]:
+        """What a reader must know to compare this card's figures with others (empty for a current card)."""
+        if self.format_version == 1 and self.is_image:
+            return [
+                "format 1 card: metrics.test_bits_per_dim is the density at the bin centre (-log2 p(x + 0.5) / D), "
+                "not the standard bits/dim of uniform dequantization; re-export the checkpoint for the standard "
+                "figure (docs/artifact.md)"
+            ]
+        return []
+
     def public_view(self) -> dict[str, Any]:
-        """The card as JSON, without bulky per-sample arrays."""
-        return self.model_dump(mode="json", exclude=set(BULKY_KEYS), exclude_none=True)
+        """The card as JSON, without bulky per-sample arrays, with :attr:`notes` when there are any."""
+        view = self.model_dump(mode="json", exclude=set(BULKY_KEYS), exclude_none=True)
+        if self.notes:
+            view["notes"] = self.notes
+        return view
 
 
 def read_card(directory: Path) -> ModelCard:

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="artifact folder, e.g. model_store/mnist")
     export.add_argument("--name", help="artifact name (default: the folder name)")
     export.add_argument("--version", default="1.0.0")
+    export.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    export.add_argument(
+        "--ema", action="store_true", help="export the EMA (default: whichever of EMA and raw validates better)"
+    )
     export.add_argument(
         "--iw-samples",
         type=int,
@@ -195,7 +199,12 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         card = export_checkpoint(
-            args.checkpoint, args.out, name=args.name, version=args.version, iw_samples=args.iw_samples
+            args.checkpoint,
+            args.out,
+            name=args.name,
+            version=args.version,
+            iw_samples=args.iw_samples,
+            use_ema=False if args.no_ema else (True if args.ema else None),
         )
     except ExportError as err:
         print(f"error: export refused: {err}", file=sys.stderr)

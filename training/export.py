@@ -36,6 +36,15 @@ from torch import Tensor
 import artifact
 from models import Flow
 from models.export import to_torchscript
+from training.checkpoint import Checkpoint, check_same_data, load_flow
+from training.config import config_to_dict
+from training.data import DataSplits, load_data
+from training.evaluate import (
+    held_out_log_likelihoods,
+    importance_weighted_log_likelihoods,
+    log_likelihoods,
+    summarize,
+)
 
 __all__ = ["EAGER_TOLERANCE", "ROUNDTRIP_TOLERANCE", "ExportError", "export_artifact", "export_checkpoint"]
 
@@ -216,6 +225,52 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def held_out_metrics(
+    flow: Flow, data: DataSplits, batch_size: int, device: str, iw_samples: int = 0
+) -> dict[str, float]:
+    """The card's figures (docs/artifact.md), from the one held-out estimator.
+
+    The standard bits/dim of the test and validation splits (k = 1), the bin-centre density the service scores
+    per item, and the importance-weighted bound with its ``k``.
+    """
+    test_items, val_items = data.split("test"), data.split("val")
+    test = summarize(held_out_log_likelihoods(flow, test_items, 1, batch_size, device), flow.dim)
+    val = summarize(held_out_log_likelihoods(flow, val_items, 1, batch_size, device), flow.dim)
+    metrics = {
+        "test_bits_per_dim": test["bits_per_dim"],
+        "test_nll_nats": test["nll_nats"],
+        "test_log_likelihood_nats": test["log_likelihood"],
+        "val_bits_per_dim": val["bits_per_dim"],
+    }
+    if data.kind == "image":
+        bin_centre = summarize(log_likelihoods(flow, test_items, batch_size, device), flow.dim)
+        metrics["test_dequantization_samples"] = 1.0
+        metrics["test_bin_centre_bits_per_dim"] = bin_centre["bits_per_dim"]
+        if iw_samples:
+            iw = importance_weighted_log_likelihoods(flow, test_items, iw_samples, batch_size, device)
+            metrics["test_iw_bits_per_dim"] = summarize(iw, flow.dim)["bits_per_dim"]
+            metrics["test_iw_samples"] = float(iw_samples)
+    return metrics
+
+
+def choose_weights(path: str | Path, use_ema: bool | None, device: str) -> tuple[Flow, Checkpoint, bool]:
+    """The flow to export, its checkpoint, and whether it is the EMA.
+
+    ``None`` takes the EMA or the raw weights, whichever has the better standard validation bits/dim (an average
+    of weights can lag far behind them, see ``training.ema``).
+    """
+    flow, checkpoint = load_flow(path, use_ema=use_ema is not False, device=device)
+    if checkpoint.ema is None or use_ema is not None:
+        return flow, checkpoint, checkpoint.ema is not None and bool(use_ema is not False)
+    raw, _ = load_flow(path, use_ema=False, device=device)
+    data = load_data(checkpoint.config.data)
+    val_items, batch = data.split("val"), checkpoint.config.train.eval_batch_size
+    ema_bpd, raw_bpd = (
+        summarize(held_out_log_likelihoods(f, val_items, 1, batch, device), f.dim)["bits_per_dim"] for f in (flow, raw)
+    )
+    return (flow, checkpoint, True) if ema_bpd <= raw_bpd else (raw, checkpoint, False)
+
+
 def export_checkpoint(
     checkpoint_path: str | Path,
     out_dir: str | Path,
@@ -223,45 +278,34 @@ def export_checkpoint(
     version: str = "1.0.0",
     device: str = "cpu",
     iw_samples: int = 0,
+    use_ema: bool | None = None,
 ) -> dict[str, Any]:
     """Export a training checkpoint: test metrics on the test split, reference scores on the validation split.
 
     Args:
-        checkpoint_path: the training checkpoint (EMA weights are exported when it has them).
+        checkpoint_path: the training checkpoint.
         out_dir: the artifact folder.
         name: artifact name (default: the folder name).
         version: artifact version.
         device: where to compute the metrics.
         iw_samples: for images, also record the importance-weighted test bits/dim over this many
             dequantization draws (``test_iw_bits_per_dim``; 0 = skip).
+        use_ema: export the EMA weights (True) or the raw weights (False) of a checkpoint that has both; None
+            exports whichever has the better standard validation bits/dim (recorded as ``metrics.weights_ema``).
 
     Returns:
         The card.
     """
-    from training.checkpoint import check_same_data, load_flow
-    from training.config import config_to_dict
-    from training.data import load_data
-    from training.evaluate import importance_weighted_log_likelihoods, log_likelihoods, summarize
-
-    flow, checkpoint = load_flow(checkpoint_path, device=device)
+    flow, checkpoint, ema_exported = choose_weights(checkpoint_path, use_ema, device)
     data = load_data(checkpoint.config.data)
     check_same_data(checkpoint, data, str(checkpoint_path))
-    batch = checkpoint.config.train.eval_batch_size
-    test = summarize(log_likelihoods(flow, data.split("test"), batch, device), flow.dim)
-    val = summarize(log_likelihoods(flow, data.split("val"), batch, device), flow.dim)
-    metrics = {
-        "test_bits_per_dim": test["bits_per_dim"],
-        "test_nll_nats": test["nll_nats"],
-        "test_log_likelihood_nats": test["log_likelihood"],
-        "val_bits_per_dim": val["bits_per_dim"],
-        "epochs": float(checkpoint.epoch),
-        "steps": float(checkpoint.step),
-        "training_seconds": float(checkpoint.extra.get("elapsed_s", 0.0)),
-    }
-    if iw_samples and data.kind == "image":
-        iw = importance_weighted_log_likelihoods(flow, data.split("test"), iw_samples, batch, device)
-        metrics["test_iw_bits_per_dim"] = summarize(iw, flow.dim)["bits_per_dim"]
-        metrics["test_iw_samples"] = float(iw_samples)
+    metrics = held_out_metrics(flow, data, checkpoint.config.train.eval_batch_size, device, iw_samples)
+    metrics["weights_ema"] = float(ema_exported)
+    metrics.update(
+        epochs=float(checkpoint.epoch),
+        steps=float(checkpoint.step),
+        training_seconds=float(checkpoint.extra.get("elapsed_s", 0.0)),
+    )
     return export_artifact(
         flow.cpu(),
         out_dir,

@@ -140,6 +140,22 @@ class ImagesResponse(BaseModel):
     images: list[str]
 
 
+Dequantization = Literal["bin_centre", "uniform"]
+MAX_DEQUANTIZATION_SAMPLES = 64
+
+
+class DequantizationInfo(BaseModel):
+    """What ``log_likelihood`` and ``bits_per_dim`` of an image model measure (docs/artifact.md)."""
+
+    method: Dequantization = Field(
+        description="`bin_centre`: the density at x + 0.5, deterministic (what the anomaly scores use); "
+        "`uniform`: log P(x) of the 8-bit image estimated with `samples` seeded uniform draws, the standard "
+        "measure of the card's `test_bits_per_dim` (k = 1) and `test_iw_bits_per_dim` (k > 1)."
+    )
+    samples: int = Field(description="k, the dequantization draws per item (1 for `bin_centre`).")
+    seed: int | None = Field(description="Seed of the draws (`uniform`): same seed and items, same answer.")
+
+
 class LogLikelihoodResponse(BaseModel):
     """Exact log-likelihood per item, in nats and in bits per dimension."""
 
@@ -151,6 +167,9 @@ class LogLikelihoodResponse(BaseModel):
     model: str
     log_likelihood: list[float]
     bits_per_dim: list[float]
+    dequantization: DequantizationInfo | None = Field(
+        default=None, description="Image models: how the 8-bit items were dequantized (absent for vectors)."
+    )
 
 
 class EncodeResponse(BaseModel):

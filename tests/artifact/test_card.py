@@ -76,3 +76,14 @@ def test_a_flow_type_the_service_has_not_heard_of_is_accepted() -> None:
     assert ModelCard.model_validate_json(json.dumps(built(flow_type="Glow"))).flow_type == "Glow"
     with pytest.raises(ValueError, match="flow_type"):
         ModelCard.model_validate_json(json.dumps(built(flow_type="")))
+
+
+def test_an_older_image_card_loads_with_a_note_on_its_headline_figure() -> None:
+    old = ModelCard.model_validate_json(json.dumps({**built(), "format_version": 1}))
+    assert old.notes and "bin centre" in old.notes[0] and old.public_view()["notes"] == old.notes
+    current = ModelCard.model_validate_json(json.dumps(built()))
+    assert current.format_version == 2 and current.notes == [] and "notes" not in current.public_view()
+    vector = ModelCard.model_validate_json(json.dumps({**built(data_kind="vector", shape=[2]), "format_version": 1}))
+    assert vector.notes == []  # a vector density needs no dequantization: both formats mean the same
+    with pytest.raises(ValueError, match="format_version"):
+        ModelCard.model_validate_json(json.dumps({**built(), "format_version": 3}))
