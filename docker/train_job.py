@@ -30,6 +30,25 @@ def resolve_config(config: str) -> Path:
     return Path(training.__file__).parent / "configs" / f"{config}.toml"
 
 
+def fit_launcher(python: str, gpu_count: str | None) -> list[str]:
+    """``python -m training`` for one process, or ``torchrun`` with one process per GPU.
+
+    ``GPU_COUNT`` unset or empty: every visible GPU (one process on a CPU-only host).
+    """
+    count = int(gpu_count) if gpu_count else _visible_gpus()
+    if count <= 1:
+        return [python, "-m", "training"]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}", "-m", "training"]
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run(command: list[str]) -> None:
     """Run one ``python -m training`` step, echoing it; exit with its status when it fails."""
     print("+", " ".join(command), flush=True)
@@ -61,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = Path(os.environ.get("RUNS_DIR", "runs")) / name
     model_dir = Path(os.environ.get("MODEL_DIR", "model_store")) / name
     python = [sys.executable, "-m", "training"]
-    fit = [*python, "fit", "--config", str(config), "--set", f"out_dir={run_dir}"]
+    fit = [*fit_launcher(sys.executable, os.environ.get("GPU_COUNT")), "fit", "--config", str(config)]
+    fit += ["--set", f"out_dir={run_dir}"]
     for override in args.overrides:
         fit += ["--set", override]
     run(fit)

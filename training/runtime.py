@@ -20,20 +20,36 @@ from torch import Tensor
 from training.config import ConfigError, TrainConfig
 
 
-def setup_distributed(config: TrainConfig) -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)``; joins the process group when started by ``torchrun``."""
+def setup_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; joins the process group when started by ``torchrun``.
+
+    Each process takes its device first (``cuda:LOCAL_RANK``), then joins the group bound to it
+    (``device_id``), so NCCL never creates a context on GPU 0 for every rank.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1, 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = choose_device(config.train.device, local_rank, world_size)
+    if world_size == 1:
+        return 0, 1, device
     if not dist.is_initialized():
-        cuda = config.train.device != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
-def choose_device(name: str, local_rank: int = 0) -> torch.device:
-    """CUDA when present (``auto``), else CPU; ``cuda`` means this process's GPU under torchrun."""
+def choose_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """CUDA when present (``auto``), else CPU; ``cuda`` means this process's GPU under torchrun.
+
+    Raises:
+        ConfigError: CUDA asked for but absent, or one GPU index for every process of a torchrun job.
+    """
+    if name.startswith("cuda:") and world_size > 1:
+        raise ConfigError(
+            f"train.device = {name!r} would put all {world_size} torchrun processes on one GPU; expected 'cuda' "
+            "or 'auto' (each process takes GPU LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES)"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -39,12 +39,20 @@ __all__ = ["ArtifactError", "ModelRunner", "read_card", "resolve_device"]
 
 
 def resolve_device(requested: str) -> torch.device:
-    """Map the ``DEVICE`` setting to a torch device (``auto`` → CUDA when present, else CPU)."""
+    """Map the ``DEVICE`` setting to a torch device (``auto`` → CUDA when present, else CPU).
+
+    On CUDA, TF32 is switched off for the process: it rounds matmul and convolution inputs to 10-bit mantissas,
+    which moves log-likelihoods by far more than float32 does, away from the reference scores the card's
+    p-values were computed with on CPU.
+    """
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"DEVICE: expected an available device, got {requested!r} without CUDA")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"DEVICE: expected an available device, got {requested!r} without CUDA")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return device
 
 
