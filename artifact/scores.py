@@ -69,9 +69,10 @@ _PNG_CHUNK_FRAMING_BYTES = 12  # length, type and CRC of every chunk
 def default_score(is_image: bool) -> ScoreName:
     """The score that decides ``is_anomaly`` when a request does not choose: ``combined`` for images.
 
-    ``combined`` is the one per-item score with an AUROC ≥ 0.95 on every out-of-distribution set of
-    ``bench/ood.py`` (docs/anomaly.md, where the order in which the scores were added is written down). Vector
-    models have no compressor, so they default to ``nll``.
+    ``combined`` catches both what raw likelihood prefers (simple images, through ``complexity``) and items that
+    land where held-out latents do not (``latent``); docs/anomaly.md gives its AUROC on every family of
+    ``bench/ood.py``, the ones it misses included, and the order in which the scores were added. Vector models
+    have no compressor, so they default to ``nll``.
     """
     return "combined" if is_image else "nll"
 

@@ -22,6 +22,7 @@ from service.core.errors import InvalidInputError
 ACCEPTED_FORMATS = ("PNG", "JPEG")
 MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
 MODE_NAMES = {"L": "8-bit grayscale (L)", "RGB": "8-bit RGB"}
+_OBJECT_ADDRESS = re.compile(r" object at 0x[0-9a-fA-F]+")
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z+.-]+;base64,")
 
 
@@ -62,7 +63,8 @@ def decode_image(data: bytes, shape: tuple[int, int, int], label: str) -> torch.
             f"{label}: expected a {width}x{height} image (width x height), got a decompression bomb ({exc})"
         ) from exc
     except Exception as exc:  # Pillow raises many types for hostile headers (ValueError: zTXt/iCCP bombs, ...)
-        raise InvalidInputError(f"{label}: expected a PNG or JPEG image, got undecodable data ({exc})") from exc
+        reason = _OBJECT_ADDRESS.sub("", str(exc))  # Pillow names its buffer object by memory address
+        raise InvalidInputError(f"{label}: expected a PNG or JPEG image, got undecodable data ({reason})") from exc
     with image:
         if image.size != (width, height):
             raise InvalidInputError(

@@ -41,3 +41,13 @@ def test_tile_grid() -> None:
     grid = tile_grid(images, padding=1)
     assert grid.shape == (1, 2 * 2 + 3, 3 * 3 + 4)  # 3 columns, 2 rows
     assert grid[0, 1, 1].item() == 1 and grid[0, 4, 5].item() == 5 and grid[0, 0, 0].item() == 0
+
+
+def test_undecodable_data_gets_the_same_message_every_time() -> None:
+    """Pillow names its buffer by memory address; the client's error must not change from call to call."""
+    messages = set()
+    for _ in range(3):
+        with pytest.raises(InvalidInputError) as refused:
+            decode_image(b"not an image", (1, 8, 8), "files[0]")
+        messages.add(refused.value.detail)
+    assert len(messages) == 1 and "0x" not in messages.pop()
