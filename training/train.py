@@ -417,7 +417,8 @@ def end_of_epoch(run: Run, tally: EpochTally) -> None:
         val = validate(run, eval_flow)
         record = dict(
             kind="epoch", epoch=run.epoch, step=run.step, val_bpd=val["bits_per_dim"], val_nll_nats=val["nll_nats"],
-            train_bpd=tally.mean(), lr=get_lr(run.step - 1, run.config, run.total_steps), elapsed_s=run.elapsed(),
+            train_bpd=tally.mean() if tally.count else None, elapsed_s=run.elapsed(),
+            lr=get_lr(run.step - 1, run.config, run.total_steps),
         )  # fmt: skip
         if run.ema is not None:  # both, so a lagging or broken average shows (the better one is exported)
             record["raw_val_bpd"] = validate(run, run.flow)["bits_per_dim"]
@@ -425,9 +426,11 @@ def end_of_epoch(run: Run, tally: EpochTally) -> None:
         is_best = best < run.best_val_bpd
         run.best_val_bpd = min(run.best_val_bpd, best)
         run.metrics.write(**record)
+        train = f"train {record['train_bpd']:.4f}" if tally.count else "train (no steps since resuming)"
+        raw = f", raw weights {record['raw_val_bpd']:.4f}" if "raw_val_bpd" in record else ""
         print(
-            f"epoch {run.epoch}/{run.config.train.epochs}: train {record['train_bpd']:.4f} bits/dim, "
-            f"val {val['bits_per_dim']:.4f} bits/dim ({val['nll_nats']:.4f} nats), {record['elapsed_s']:.0f} s",
+            f"epoch {run.epoch}/{run.config.train.epochs}: {train} bits/dim, val {val['bits_per_dim']:.4f} "
+            f"bits/dim{raw} ({val['nll_nats']:.4f} nats), {record['elapsed_s']:.0f} s",
             flush=True,
         )
         every = run.config.train.sample_every

@@ -1,4 +1,4 @@
-"""The out-of-distribution families of ``bench/ood.py``: shapes, dtype, determinism under a seed (smoke tests)."""
+"""The out-of-distribution families of ``bench/ood_families.py``: shapes, dtype, determinism under a seed (smoke tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from bench import ood
+from bench import ood_families as ood
 
 ORIGINAL_SIX = ("noise", "constant", "inverted", "sklearn_digits", "lfw_faces", "shifted")
 SMALL = 12  # items per family not built from the digits (the benchmark builds 500)
