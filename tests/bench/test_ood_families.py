@@ -1,4 +1,4 @@
-"""The out-of-distribution families of ``bench/ood_families.py``: shapes, dtype, determinism under a seed (smoke tests)."""
+"""The out-of-distribution families (``bench/ood_families.py``): shapes, dtype, determinism under a seed."""
 
 from __future__ import annotations
 
