@@ -39,6 +39,8 @@ import torch
 from PIL import Image
 
 from service.core.config import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for tests.*
 from tests.support.server import spawn_server
 
 REPO = Path(__file__).resolve().parents[1]

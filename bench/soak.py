@@ -41,6 +41,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for tests.*
 from tests.support.server import cpu_seconds, rss_mib, spawn_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from service.api.deps import ServiceContext, require_api_key
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodySizeLimit, RequestMetrics
-from service.api.routes import anomaly, health, interpolation, models, playground, sampling, scoring
+from service.api.routes import anomaly, drift, health, interpolation, models, playground, sampling, scoring, v2
 from service.core.config import Settings
 from service.core.metrics import Metrics
 from service.engine.registry import ModelRegistry
@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=protected)
     app.include_router(health.router)
     app.include_router(playground.router)  # the page at / (public: it holds no secret)
+    app.include_router(v2.router, dependencies=protected)  # Open Inference Protocol: metadata, infer
+    app.include_router(v2.health_router)  # /v2 and /v2/health/*: open for probes, like /healthz
+    app.include_router(drift.router, dependencies=protected)  # GET /models/{name}/drift
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -4,7 +4,7 @@
 - ``models`` imports only itself; ``service`` never imports ``models`` or ``training``; ``training`` imports
   nothing of ``service``.
 - Inside ``service``: ``core`` imports nothing else of the service, ``engine`` and ``scoring`` never import
-  ``api``, and no route module imports another.
+  ``api``, ``client`` imports none of the server (nor torch), and no route module imports another.
 - No function in ``models/``, ``training/`` or ``service/`` is longer than 80 lines.
 """
 
@@ -81,6 +81,8 @@ def layer_imports(layer: str) -> dict[str, set[str]]:
         ("core", ("service.api", "service.engine", "service.scoring", "service.main")),
         ("engine", ("service.api", "service.main")),
         ("scoring", ("service.api", "service.main")),
+        # the bulk-scoring client speaks HTTP only: none of the server's code (nor torch) comes with it
+        ("client", ("service.api", "service.core", "service.engine", "service.scoring", "service.main")),
     ],
 )
 def test_service_layers_point_down(layer: str, may_not: tuple[str, ...]) -> None:
@@ -91,6 +93,16 @@ def test_service_layers_point_down(layer: str, may_not: tuple[str, ...]) -> None
         if name.startswith(may_not)
     ]
     assert not wrong, wrong
+
+
+def test_the_client_does_not_bring_torch() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules("service/client")
+        for name in sorted(imported(path))
+        if top(name) in ("torch", "artifact", "fastapi", "starlette")
+    ]
+    assert modules("service/client") and not wrong, wrong
 
 
 def test_no_route_imports_another_route() -> None:

@@ -96,7 +96,12 @@ def save_vector_samples(
 
 
 def plot_training_curves(metrics_file: str | Path, path: str | Path, title: str = "") -> Path | None:
-    """Training (per logged step) and validation (per epoch) bits/dim from a ``metrics.jsonl``.
+    """Training (per logged step) and validation (per epoch) bits/dim against training time, from ``metrics.jsonl``.
+
+    Every figure is the standard measure (one uniform dequantization draw per image). Validation is drawn for
+    the EMA weights (``val_bpd``) and, when an EMA is kept, for the raw weights too (``raw_val_bpd``). Training
+    steps get their wall time by interpolating between the epochs' ``elapsed_s`` (a resumed run's pause is not
+    counted).
 
     Returns:
         The path, or None when matplotlib is missing.
@@ -104,25 +109,31 @@ def plot_training_curves(metrics_file: str | Path, path: str | Path, title: str 
     plt = _pyplot()
     if plt is None:
         return None
-    train_steps, train_bpd, val_steps, val_bpd = [], [], [], []
-    for line in Path(metrics_file).read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "train":
-            train_steps.append(record["step"])
-            train_bpd.append(record["train_bpd"])
-        elif record.get("kind") == "epoch":
-            val_steps.append(record["step"])
-            val_bpd.append(record["val_bpd"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(train_steps, train_bpd, lw=0.8, alpha=0.6, label="train batch (x + U[0,1), train mode)")
-    ax.plot(val_steps, val_bpd, "o-", ms=3, label="validation (x + 0.5, eval mode)")
-    values = train_bpd[len(train_bpd) // 10 :] + val_bpd
-    if values:  # skip the first steps, whose loss is far above the rest
+    records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines()]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    train = [r for r in records if r.get("kind") == "train"]
+    clock = ([0] + [r["step"] for r in epochs], [0.0] + [r["elapsed_s"] / 60 for r in epochs])
+
+    def minutes(step: int) -> float:
+        return float(np.interp(step, *clock)) if len(clock[0]) > 1 else float(step)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot([minutes(r["step"]) for r in train], [r["train_bpd"] for r in train], lw=0.8, alpha=0.6,
+            label="training batches (train mode)")  # fmt: skip
+    raw = [r for r in epochs if "raw_val_bpd" in r]
+    label = "validation, EMA weights" if raw else "validation"
+    ax.plot([r["elapsed_s"] / 60 for r in epochs], [r["val_bpd"] for r in epochs], "o-", ms=3, label=label)
+    if raw:
+        ax.plot([r["elapsed_s"] / 60 for r in raw], [r["raw_val_bpd"] for r in raw], "s-", ms=3,
+                label="validation, raw weights")  # fmt: skip
+    values = [r["train_bpd"] for r in train[len(train) // 10 :]] + [r["raw_val_bpd"] for r in raw]
+    values += [] if raw else [r["val_bpd"] for r in epochs]
+    if values:  # skip the first steps, whose loss is far above the rest (and a diverging average)
         low, high = min(values), max(values)
         margin = 0.05 * (high - low) + 1e-3
         ax.set_ylim(low - margin, high + margin)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("bits/dim")
+    ax.set_xlabel("training time (minutes)" if len(clock[0]) > 1 else "optimizer step")
+    ax.set_ylabel("bits/dim (x + U[0,1), one draw)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import torch
@@ -22,6 +22,7 @@ from service.core.config import Settings
 from service.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError
 from service.core.metrics import Metrics
 from service.engine.registry import ModelRegistry, ServedModel
+from service.scoring.drift import DriftMonitor
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API_KEY>` when API_KEY is set.")
 
@@ -34,17 +35,27 @@ class ServiceContext:
         settings: the app's settings.
         metrics: the app's metrics.
         registry: the models; set by the lifespan at start-up.
+        drift: the models' drift windows (``DRIFT_WINDOW``, ``DRIFT_HORIZON_S``).
     """
 
     settings: Settings
     metrics: Metrics
     registry: ModelRegistry | None = None
+    drift: DriftMonitor = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_horizon_s, settings.anomaly_fpr, self.metrics)
 
     def model(self, request: Request, name: str | None) -> ServedModel:
-        """The ready model a request means (see ``ModelRegistry.get``), recorded for the request metrics."""
+        """The ready model a request means (see ``ModelRegistry.get``), recorded for the request metrics.
+
+        Its drift window is made here on first use, so every route that scores it feeds the window.
+        """
         assert self.registry is not None, "the lifespan sets the registry before serving"
         served = self.registry.get(name)
         request.state.model = served.name
+        self.drift.attach(served.name, served.references)
         return served
 
     def deadline(self) -> float:

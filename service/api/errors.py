@@ -1,6 +1,8 @@
 """The one place that maps errors to HTTP responses: domain errors, validation errors, Starlette's own.
 
-Every error body is ``{"detail": "..."}`` where the text says what was expected and what was received.
+Every error body is ``{"detail": "..."}`` where the text says what was expected and what was received; under
+``/v2`` (the Open Inference Protocol) it is ``{"error": "..."}`` and a request the service cannot use is a 400,
+as that protocol's HTTP/REST section asks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 FASTAPI_BODY_ERROR = "There was an error parsing the body"
 # nginx's "client closed request": never delivered (nobody listens), but it counts hang-ups in the metrics.
 CLIENT_CLOSED_REQUEST = 499
+# Paths of the Open Inference Protocol (KServe V2): its own error body, and 400 where the native API says 422.
+V2_PREFIX = "/v2"
 
 STATUS_CODES: dict[type[ServiceError], int] = {
     InvalidInputError: 422,
@@ -62,9 +66,9 @@ def error_headers(exc: ServiceError) -> dict[str, str] | None:
     return None
 
 
-def service_error_response(exc: ServiceError) -> JSONResponse:
-    """The response of a domain error."""
-    return error_response(status_code(exc), exc.detail, error_headers(exc))
+def service_error_response(exc: ServiceError, path: str = "") -> JSONResponse:
+    """The response of a domain error to a request for ``path``."""
+    return error_response(status_code(exc), exc.detail, error_headers(exc), path)
 
 
 def _expectation(error: Any) -> tuple[str, bool]:
@@ -106,8 +110,17 @@ def _describe_validation_error(errors: list[Any]) -> str:
     return "; ".join(parts)
 
 
-def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Build the JSON error body every error shares."""
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol routes."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def error_response(
+    status_code: int, detail: str, headers: dict[str, str] | None = None, path: str = ""
+) -> JSONResponse:
+    """Build the JSON error body every error of ``path`` shares (``{"error"}`` and 400 for 422 under ``/v2``)."""
+    if is_v2_path(path):
+        return JSONResponse({"error": detail}, status_code=400 if status_code == 422 else status_code, headers=headers)
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
@@ -118,11 +131,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ServiceError)
         if status_code(exc) >= 500 and not isinstance(exc, UnavailableError | DeadlineExceededError):
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.detail)
-        return service_error_response(exc)
+        return service_error_response(exc, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)
-        return error_response(422, _describe_validation_error(list(exc.errors())))
+        return error_response(422, _describe_validation_error(list(exc.errors())), path=request.url.path)
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -135,20 +148,22 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # not UTF-8, nested too deep, huge integer
             reason = f"{type(cause).__name__}: {cause}" if cause is not None else "unreadable"
             reason = reason if len(reason) <= 120 else reason[:117] + "..."
-            return error_response(422, f"body: expected a valid JSON body, got one that cannot be parsed ({reason})")
+            detail = f"body: expected a valid JSON body, got one that cannot be parsed ({reason})"
+            return error_response(422, detail, path=request.url.path)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"expected one of the documented paths (see /docs), got {request.url.path}"
         elif exc.status_code == 405:
             detail = f"expected another method for {request.url.path}, got {request.method}"
-        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
+        return error_response(exc.status_code, detail, getattr(exc, "headers", None), request.url.path)
 
     async def on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
         logger.info("%s %r: the client hung up before sending its whole body", request.method, request.url.path)
-        return error_response(CLIENT_CLOSED_REQUEST, "expected the whole request body, got a closed connection")
+        detail = "expected the whole request body, got a closed connection"
+        return error_response(CLIENT_CLOSED_REQUEST, detail, path=request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; the service logged it")
+        return error_response(500, "internal error; the service logged it", path=request.url.path)
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -73,23 +73,36 @@ def inputs_to_tensor(card: ModelCard, inputs: Sequence[Any], limit: int) -> torc
     check_count("inputs", len(inputs), limit)
     expected = _describe_shape(card.shape)
     tensor = _nested_tensor("inputs", inputs, f"an array of shape {expected}")
+    return check_items(card, tensor, "inputs")
+
+
+def check_items(card: ModelCard, tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """A numeric ``(N, *shape)`` tensor → float32 data items, checked as ``inputs_to_tensor`` checks them.
+
+    Shared with the Open Inference Protocol routes, whose tensors arrive flat or as raw bytes, so that both
+    protocols accept and refuse the same items with the same words.
+
+    Raises:
+        InvalidInputError: wrong shape, NaN/Inf, values outside the card's range, or fractional pixels.
+    """
+    expected = _describe_shape(card.shape)
     if tuple(tensor.shape[1:]) != tuple(card.shape) or tensor.ndim != len(card.shape) + 1:
-        raise InvalidInputError(f"inputs: expected shape {expected}, got {list(tensor.shape)}")
-    _check_finite("inputs", tensor)
+        raise InvalidInputError(f"{what}: expected shape {expected}, got {list(tensor.shape)}")
+    _check_finite(what, tensor)
     if card.value_range is not None:
         low, high = card.value_range
         outside = (tensor < low) | (tensor > high)
         if outside.any():
             index = tuple(int(i) for i in outside.nonzero()[0])
             raise InvalidInputError(
-                f"inputs: expected values in [{low:g}, {high:g}], got {tensor[index].item():g} at index {list(index)}"
+                f"{what}: expected values in [{low:g}, {high:g}], got {tensor[index].item():g} at index {list(index)}"
             )
     if card.is_image:
         fractional = tensor != torch.floor(tensor)
         if fractional.any():
             index = tuple(int(i) for i in fractional.nonzero()[0])
             raise InvalidInputError(
-                f"inputs: expected integer 8-bit pixel values, got {tensor[index].item():g} at index {list(index)}"
+                f"{what}: expected integer 8-bit pixel values, got {tensor[index].item():g} at index {list(index)}"
             )
     return tensor.to(torch.float32)
 

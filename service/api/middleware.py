@@ -37,11 +37,12 @@ class BodySizeLimit:
             except ValueError:
                 length = -1
             if length < 0:
-                response = error_response(400, f"expected a non-negative integer Content-Length, got {declared!r}")
+                detail = f"expected a non-negative integer Content-Length, got {declared!r}"
+                response = error_response(400, detail, path=scope.get("path", ""))
                 await response(scope, receive, send)
                 return
             if length > self.max_bytes:
-                await _too_large(length, self.max_bytes)(scope, receive, send)
+                await _too_large(length, self.max_bytes, scope.get("path", ""))(scope, receive, send)
                 return
         received = 0
 
@@ -59,8 +60,8 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-def _too_large(length: int, limit: int) -> Any:
-    return error_response(413, f"body: expected at most MAX_BODY_BYTES = {limit} bytes, got {length}")
+def _too_large(length: int, limit: int, path: str) -> Any:
+    return error_response(413, f"body: expected at most MAX_BODY_BYTES = {limit} bytes, got {length}", path=path)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         description="False-positive rate at which `/anomaly` and `/log-likelihood` flag items when a request "
         "gives no `fpr` (docs/anomaly.md).",
     )
+    drift_window: int = Field(
+        default=1000,
+        ge=2,
+        description="Most recent scored items per model in the drift window (`GET /models/{name}/drift`).",
+    )
+    drift_horizon_s: float = Field(
+        default=3600.0, gt=0, description="Items older than this many seconds leave the drift window."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

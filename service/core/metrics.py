@@ -21,6 +21,10 @@ class Metrics:
         samples_generated: samples returned by ``/sample`` and ``/sample.png``, by model.
         model_info: 1 per loaded model, labelled with its card's identity.
         model_ready: 1 when the model is verified and warmed up, else 0.
+        drift_items: items in the model's drift window (read from the window at each scrape, like the three below).
+        drift_p_value: the window's typicality p-value against the card's reference scores.
+        drift_bits_per_dim: the window's mean bits/dim.
+        drift_flag_rate: the fraction of the window's items the default score flags at ``ANOMALY_FPR``.
     """
 
     def __init__(self) -> None:
@@ -81,6 +85,25 @@ class Metrics:
             "realnvp_model_ready",
             "1 when the model is checksum-verified and warmed up, else 0.",
             ("model",),
+            registry=self.registry,
+        )
+        drift = ("model",)
+        self.drift_items = Gauge(
+            "realnvp_drift_window_items", "Items in the drift window.", drift, registry=self.registry
+        )
+        self.drift_p_value = Gauge(
+            "realnvp_drift_typicality_p_value",
+            "Typicality p-value of the drift window against the card's reference scores (NaN under 2 items).",
+            drift,
+            registry=self.registry,
+        )
+        self.drift_bits_per_dim = Gauge(
+            "realnvp_drift_mean_bits_per_dim", "Mean bits/dim of the drift window.", drift, registry=self.registry
+        )
+        self.drift_flag_rate = Gauge(
+            "realnvp_drift_flag_rate",
+            "Fraction of the drift window flagged by the default anomaly score at ANOMALY_FPR.",
+            drift,
             registry=self.registry,
         )
 

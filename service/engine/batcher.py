@@ -66,6 +66,10 @@ class Batcher:
         max_wait_s: longest wait for more work, counted from the arrival of the batch's first request.
         max_queue: most samples waiting (queued or being collected) at once.
         metrics: where queue, batch and inference figures go; ``None`` records nothing.
+        clock: seconds now, the time base of enqueue times, batch windows and ``submit`` deadlines; ``None``
+            uses the running event loop's ``time()`` (what the service's deadlines are computed with). The waits
+            it implies are slept on the event loop, so it must advance at the loop's rate (a test runs the
+            loop itself on a virtual clock and injects a clock offset from it).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Batcher:
         max_wait_s: float,
         max_queue: int,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -90,6 +95,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._metrics = metrics
+        self._clock = clock or _loop_time
         self._queue: deque[_Entry] = deque()
         self._queued_samples = 0
         self._wakeup = asyncio.Event()
@@ -123,7 +129,7 @@ class Batcher:
         Args:
             direction: a key of ``operations``.
             rows: ``(n, ...)`` CPU tensor; ``n`` may exceed ``max_batch_size`` (it is split).
-            deadline: ``loop.time()`` after which the request is abandoned.
+            deadline: the clock's time (by default ``loop.time()``) after which the request is abandoned.
             exclusive: run these rows in batches of their own. A row's value never depends on its batch
                 mathematically, but float32 kernels pick different code paths for different batch sizes
                 (differences of ~1e-7 relative); exclusive rows get bit-identical results under any load.
@@ -150,7 +156,7 @@ class Batcher:
                 retry_after_s=self._retry_after_s(),
             )
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._clock()
         entries = [
             _Entry(direction, chunk, loop.create_future(), now, deadline, exclusive)
             for chunk in rows.split(self.max_batch_size)
@@ -232,7 +238,6 @@ class Batcher:
         return None, False
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             head = await self._next_head()
             if head is None:
@@ -245,7 +250,7 @@ class Batcher:
                     batch.append(entry)
                     size += entry.size
                     continue
-                remaining = closes_at - loop.time()
+                remaining = closes_at - self._clock()
                 if blocked or self._closing or remaining <= 0:
                     break
                 self._wakeup.clear()
@@ -263,7 +268,7 @@ class Batcher:
 
     async def _dispatch(self, direction: str, batch: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._clock()
         live = []
         for entry in batch:
             self._uncount(entry)
@@ -307,6 +312,11 @@ class Batcher:
         for entry, result in zip(live, outputs, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
+
+
+def _loop_time() -> float:
+    """The running event loop's clock (monotonic seconds): the batcher's default time base."""
+    return asyncio.get_running_loop().time()
 
 
 def _run_batch(operation: BatchFn, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from artifact import ModelCard, scores
+
+if TYPE_CHECKING:  # drift.py imports this module
+    from service.scoring.drift import DriftWindow
 
 
 @dataclass(eq=False)
@@ -21,6 +25,7 @@ class References:
         compressor: the compressor of ``complexity``.
         latent: ``(n,)`` their ``latent`` scores (None in cards that predate it).
         latent_gaussian: the Gaussian ``latent`` scores against.
+        drift: the model's window of recently scored items (``service.scoring.drift``), once the app made one.
     """
 
     split: str
@@ -29,6 +34,7 @@ class References:
     compressor: scores.Compressor
     latent: np.ndarray | None = None
     latent_gaussian: scores.LatentGaussian | None = None
+    drift: DriftWindow | None = None
     _bootstraps: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
 
     @classmethod

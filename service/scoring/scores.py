@@ -189,6 +189,9 @@ async def score_batch(card: ModelCard, refs: References | None, items: Items, fp
         entropy, bootstrap = refs.typicality(len(items.bits_per_dim))
         report.typicality = scores.typicality_test(items.bits_per_dim, entropy, bootstrap, fpr)
         report.bootstrap_draws = int(bootstrap.size)
+    if refs is not None and refs.drift is not None:  # every scoring route passes here: the drift window's feed
+        default = report.scores.get(scores.default_score(card.is_image))
+        refs.drift.observe(items.bits_per_dim, None if default is None else default.p_value)
     return report
 
 

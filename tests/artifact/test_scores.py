@@ -143,6 +143,26 @@ def test_typicality_bootstrap_is_seeded_and_two_sided() -> None:
     assert too_likely.calibrated.p_value[0] == pytest.approx(1 / (anomaly.BOOTSTRAP_DRAWS + 1))
 
 
+def test_typicality_flags_exchangeable_batches_at_the_rate_and_shifted_ones_both_ways() -> None:
+    """4,000 batches drawn like the reference: flagged at fpr within 3 standard errors (test batches, bootstrap
+    draws and reference items); batches whose mean is 3 standard errors too low or too high: mostly flagged."""
+    rng = np.random.default_rng(0)
+    n, m, size, fpr = 2000, 4000, 10, 0.05
+    reference = rng.gamma(4.0, 0.5, size=n)  # skewed and positive, as bits/dim are
+    entropy, bootstrap = anomaly.bootstrap_typicality(reference, batch_size=size)
+
+    def flag_rate(batches: np.ndarray) -> float:
+        flags = [anomaly.typicality_test(batch, entropy, bootstrap, fpr).calibrated.is_anomaly[0] for batch in batches]
+        return float(np.mean(flags))
+
+    fresh = rng.gamma(4.0, 0.5, size=(m, size))
+    error = math.sqrt(fpr * (1 - fpr) * (1 / m + 1 / anomaly.BOOTSTRAP_DRAWS + 1 / n))
+    assert 3 * error < 0.025
+    assert abs(flag_rate(fresh) - fpr) < 3 * error
+    shift = 3 * reference.std() / math.sqrt(size)
+    assert flag_rate(fresh[:500] - shift) > 0.75 and flag_rate(fresh[:500] + shift) > 0.75
+
+
 def test_latent_score_is_the_gaussian_negative_log_density_per_dimension() -> None:
     gaussian = anomaly.LatentGaussian(mean=np.array([1.0, -2.0]), std=np.array([2.0, 0.5]))
     z = np.array([[1.0, -2.0], [3.0, -2.0], [1.0, -1.5]])

@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -60,6 +61,7 @@ def test_dashboard_covers_the_operational_signals() -> None:
         "realnvp_queue_depth_samples",  # queue depth
         'status=~"5.."',  # errors
         'up{job="api"}',  # replicas
+        "realnvp_drift_typicality_p_value",  # drift of the inputs
     ):
         assert needed in used, f"expected the dashboard to query {needed}"
 
@@ -142,3 +144,33 @@ def test_train_job_resolves_bundled_configs(tmp_path: Path) -> None:
         assert train_job.resolve_config(config.stem).read_text() == config.read_text()
     own = tmp_path / "mine.toml"
     assert train_job.resolve_config(str(own)) == own
+
+
+# ---------------------------------------------------------------------------------------------------------- CI
+def test_ci_fails_when_the_deployment_test_cannot_run() -> None:
+    """``.ci/run``: the suite, then ``docker/e2e.sh`` with ``E2E_REQUIRE=1`` (or a machine without Docker passes)."""
+    commands = [line.split(" #", 1)[0].strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    commands = [command for command in commands if command and not command.startswith("#")]
+    assert "set -euo pipefail" in commands, commands  # a failing step fails CI
+    (e2e,) = [index for index, command in enumerate(commands) if "docker/e2e.sh" in command]
+    assert "make test" in commands[:e2e], commands
+    words = shlex.split(commands[e2e])
+    assignments = words[: next(i for i, word in enumerate(words) if "=" not in word)]
+    exported = any(shlex.split(command)[:2] == ["export", "E2E_REQUIRE=1"] for command in commands[:e2e])
+    assert "E2E_REQUIRE=1" in assignments or exported, commands[e2e]
+
+
+@pytest.mark.parametrize(("require", "status"), [("1", 1), ("0", 0), (None, 0)])
+def test_e2e_skip_fails_only_when_required(require: str | None, status: int) -> None:
+    """The ``skip`` of docker/e2e.sh, run on its own: it says SKIPPED, and exits 1 under ``E2E_REQUIRE=1``."""
+    script = (DOCKER / "e2e.sh").read_text()
+    log = re.search(r"^log\(\) \{.*\}$", script, re.M)
+    skip = re.search(r"^skip\(\) \{.*?^\}$", script, re.S | re.M)
+    assert log is not None and skip is not None
+    program = "\n".join(["START=$SECONDS", log.group(0), skip.group(0), "skip 'no engine'"])
+    env = {key: value for key, value in os.environ.items() if key != "E2E_REQUIRE"}
+    if require is not None:
+        env["E2E_REQUIRE"] = require
+    done = subprocess.run(["bash", "-c", program], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == status, done.stderr
+    assert "SKIPPED: no engine" in done.stderr

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import Flow, standard_normal_log_prob
+from models import Flow, bits_per_dim, standard_normal_log_prob
 from models.export import script, to_torchscript
 from models.registry import FLOWS as REGISTRY
 from models.registry import example_flows
@@ -174,3 +174,16 @@ def test_every_flow_class_is_registered_with_an_example() -> None:
     assert all(spec.examples for spec in REGISTRY.values())
     for name, spec in REGISTRY.items():
         assert spec.cls.__name__ == name
+
+
+def test_bits_per_dim_is_the_negative_log_likelihood_in_bits_per_dimension() -> None:
+    # A density uniform over the 8-bit cube [0, 256)^D has log p = -8 D ln 2: 8 bits per dimension.
+    uniform = torch.tensor([-8 * 64 * math.log(2.0), 0.0, 64 * math.log(2.0)], dtype=torch.float64)
+    torch.testing.assert_close(bits_per_dim(uniform, 64), torch.tensor([8.0, 0.0, -1.0], dtype=torch.float64))
+    # On a flow, as in the README: (B,) nats -> (B,) bits/dim, lower for likelier items.
+    flow = make("RealNVP-1x8x8")
+    log_p = flow.log_prob(data(flow, 4))
+    bpd = bits_per_dim(log_p, flow.dim)
+    assert bpd.shape == (4,) and bpd.dtype == log_p.dtype
+    torch.testing.assert_close(bpd * flow.dim * math.log(2.0), -log_p)
+    assert torch.equal(torch.argsort(bpd), torch.argsort(-log_p))

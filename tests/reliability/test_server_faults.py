@@ -1,7 +1,8 @@
 """Against a real uvicorn process: 100 MB bodies, an overload burst, client disconnects, SIGTERM under load.
 
-Each test prints one ``RELIABILITY {...}`` JSON line with its figures (``pytest -s`` shows them;
-docs/reliability.md records them).
+The tests assert behaviour only (statuses, bounds, recovery, a clean drain), never how fast: the latency figures
+of the overload burst and of SIGTERM under load come from ``bench/overload.py``. Each test prints one
+``RELIABILITY {...}`` JSON line with its counts (``pytest -s`` shows them; docs/reliability.md records them).
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import base64
 import json
 import os
 import select
-import signal
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 
 from tests.reliability.live import LiveServer, live_server, open_fds
 from tests.support.helpers import digit_images, png_b64
+from tests.support.load import NO_ANSWER, burst, load_then_sigterm
 from tests.support.server import rss_mib
 
 MIB = 1 << 20
@@ -116,83 +116,25 @@ def test_100mb_bodies_are_refused_early_without_being_read(server: LiveServer) -
 
 
 # -------------------------------------------------------------------------------------------------- overload
-async def _post_raw(port: int, body: bytes) -> tuple[int, float, str | None]:
-    """One ``POST /sample`` on its own connection: ``(status, seconds, Retry-After)``.
-
-    A bare asyncio client: at hundreds of concurrent requests httpx's own overhead (~15 ms each on this machine)
-    would dominate the latencies measured here.
-    """
-    started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (
-        "POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    await writer.drain()
-    response = await reader.read()
-    writer.close()
-    elapsed = time.perf_counter() - started
-    lines = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-    retry = {key.lower(): value for key, value in headers.items()}.get("retry-after")
-    return int(lines[0].split(" ", 2)[1]), elapsed, retry
-
-
-async def _burst(server: LiveServer, count: int) -> tuple[list[tuple[int, float, str | None]], int]:
-    """``count`` concurrent /sample requests of ``MAX_SAMPLES`` each; polls the queue depth meanwhile."""
-    deepest = 0
-    done = asyncio.Event()
-
-    async def watch_queue() -> None:
-        nonlocal deepest
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            while not done.is_set():
-                text = (await client.get("/metrics")).text
-                for line in text.splitlines():
-                    if line.startswith('realnvp_queue_depth_samples{model="digits"}'):
-                        deepest = max(deepest, int(float(line.rsplit(" ", 1)[1])))
-                await asyncio.sleep(0.005)
-
-    watcher = asyncio.create_task(watch_queue())
-    body = json.dumps({"model": "digits", "n": MAX_SAMPLES}).encode()
-    results = await asyncio.gather(*(_post_raw(server.port, body) for _ in range(count)))
-    done.set()
-    await watcher
-    return results, deepest
-
-
-def test_overload_burst_gets_fast_503s_and_service_resumes(server: LiveServer) -> None:
-    baseline = [
-        httpx.post(f"{server.url}/sample", json={"model": "digits", "n": 1}).elapsed.total_seconds() for _ in range(10)
-    ]
+def test_overload_burst_gets_503s_with_retry_after_and_service_resumes(server: LiveServer) -> None:
     burst_size = 400  # x 256 samples = 102,400 samples at once, against a queue of 1024
-    results, deepest = asyncio.run(_burst(server, burst_size))
-    burst_end = time.perf_counter()
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        first_ok = None
-        while first_ok is None and time.perf_counter() - burst_end < 5:
-            if client.post("/sample", json={"model": "digits", "n": 1}).status_code == 200:
-                first_ok = time.perf_counter() - burst_end
+    result = asyncio.run(burst(server.url, "digits", burst_size, MAX_SAMPLES))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        # Recovery: served again once the burst is answered (how soon is bench/overload.py's figure).
+        first = [client.post("/sample", json={"model": "digits", "n": 1}).status_code for _ in range(3)]
         after = [client.post("/sample", json={"model": "digits", "n": 1}) for _ in range(20)]
-        full_service = time.perf_counter() - burst_end
         scored = client.post("/log-likelihood", json={"model": "digits", "images": [png_b64(digit_images(1)[0])]})
-    statuses = [status for status, _, _ in results]
-    refused = [(latency, retry) for status, latency, retry in results if status == 503]
-    served = [latency for status, latency, _ in results if status == 200]
+    statuses = [answer.status for answer in result.answers]
+    refused = [answer for answer in result.answers if answer.status == 503]
+    served = [answer for answer in result.answers if answer.status == 200]
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    # At most 4 of 400 such requests fit the queue at once: most are refused, whatever the machine's speed.
     assert len(refused) > burst_size / 2 and served, (len(refused), len(served))
-    assert all(retry is not None and int(retry) >= 1 for _, retry in refused)
-    refused_latency = sorted(latency for latency, _ in refused)
-    p50_503 = statistics.median(refused_latency)
-    p99_503 = refused_latency[int(0.99 * (len(refused_latency) - 1))]
-    assert deepest <= MAX_QUEUE, deepest  # bounded: never more queued than MAX_QUEUE samples
-    # Refused at once (one event loop parses 400 requests that arrive together), not after waiting in a queue:
-    # serving the burst would take minutes.
-    assert p50_503 < 1.5 and p99_503 < 3.0, (p50_503, p99_503)
-    assert first_ok is not None and first_ok < 1.0, first_ok
-    assert all(response.status_code == 200 for response in after) and scored.status_code == 200
-    assert full_service < 2.0, full_service
+    assert all(answer.retry_after is not None and int(answer.retry_after) >= 1 for answer in refused)
+    assert result.deepest_queue <= MAX_QUEUE, result.deepest_queue  # never more queued than MAX_QUEUE samples
+    assert server.metric("realnvp_queue_depth_samples", model="digits") == 0  # drained
+    assert first == [200] * 3 and all(response.status_code == 200 for response in after), first
+    assert scored.status_code == 200
     report(
         "overload",
         burst_requests=burst_size,
@@ -200,13 +142,7 @@ def test_overload_burst_gets_fast_503s_and_service_resumes(server: LiveServer) -
         ok_200=len(served),
         refused_503=len(refused),
         other=len(statuses) - len(served) - len(refused),
-        p50_503_s=round(p50_503, 3),
-        p99_503_s=round(p99_503, 3),
-        p50_200_s=round(statistics.median(served), 3),
-        baseline_p50_s=round(statistics.median(baseline), 4),
-        max_queue_depth_seen=deepest,
-        first_200_after_burst_s=round(first_ok, 3),
-        twenty_more_200_within_s=round(full_service, 3),
+        max_queue_depth_seen=result.deepest_queue,
     )
 
 
@@ -296,59 +232,32 @@ def test_client_disconnects_leak_nothing_and_spread_no_error(server: LiveServer)
 
 
 # ------------------------------------------------------------------------------------------- SIGTERM under load
+@pytest.mark.slow
 def test_sigterm_under_load_finishes_in_flight_refuses_new_exits_0(store: Path, tmp_path: Path) -> None:
-    # MAX_WAIT_MS keeps every request in the queue for 0.4 s: at SIGTERM dozens are in flight.
+    # MAX_WAIT_MS keeps every request in the queue for 0.4 s: at SIGTERM the clients' requests are in flight.
     with live_server(store, tmp_path / "sigterm.log", MAX_WAIT_MS="400", MAX_BATCH_SIZE="256") as live:
-        outcomes: list[tuple[float, float, str]] = []  # (sent, answered, status or error name)
-        signalled = threading.Event()
-        signal_at = [0.0]
-
-        def worker(index: int) -> None:
-            with httpx.Client(base_url=live.url, timeout=30) as client:
-                while not (signalled.is_set() and time.perf_counter() - signal_at[0] > 1.5):
-                    sent = time.perf_counter()
-                    try:
-                        if index % 2:
-                            response = client.post("/sample", json={"model": "moons", "n": 2})
-                        else:
-                            response = client.post("/log-likelihood", json={"model": "moons", "inputs": [[0.1, 0.2]]})
-                        outcome = str(response.status_code)
-                    except httpx.TransportError as exc:
-                        outcome = type(exc).__name__
-                        time.sleep(0.05)
-                    outcomes.append((sent, time.perf_counter(), outcome))
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.5)
-        signal_at[0] = time.perf_counter()
-        live.process.send_signal(signal.SIGTERM)
-        signalled.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        exit_code = live.process.wait(timeout=60)
+        run = load_then_sigterm(live.process, live.url, clients=32)
         log = live.log()
-    at = signal_at[0]
-    in_flight = [outcome for sent, answered, outcome in outcomes if sent < at < answered]
-    before = [outcome for sent, answered, outcome in outcomes if answered <= at]
-    late = [outcome for sent, _, outcome in outcomes if sent > at + 0.5]
-    assert len(in_flight) >= 16, len(in_flight)
-    assert set(in_flight) == {"200"}, sorted(in_flight)  # every request in flight at SIGTERM finished
+    in_flight, before, late = run.in_flight(), run.before(), run.after_close()
+    # In flight at SIGTERM: answered 200, or never read by the server (then no answer at all, see NO_ANSWER);
+    # never an error answer, never a hang. The signal came with requests queued, so some were surely answered.
+    assert "200" in in_flight and set(in_flight) <= {"200"} | NO_ANSWER, sorted(in_flight)
     assert set(before) == {"200"}
-    assert late and all(not outcome.isdigit() for outcome in late), sorted(set(late))  # new ones refused
-    answered = [outcome for _, _, outcome in outcomes if outcome.isdigit()]
+    # Once the listener is closed nothing new is served, on a new or a kept-alive connection (no answer at all).
+    assert late and all(not outcome.isdigit() for outcome in late), sorted(set(late))
+    answered = [outcome for _, _, outcome in run.outcomes if outcome.isdigit()]
     assert set(answered) <= {"200", "503"}, sorted(set(answered))
-    assert exit_code == 0, (exit_code, log[-2000:])
+    assert run.exit_code == 0, (run.exit_code, log[-2000:])
     assert "service stopped: queues drained" in log and "Traceback" not in log
     report(
         "sigterm_under_load",
-        requests=len(outcomes),
+        requests=len(run.outcomes),
         completed_before_sigterm=len(before),
         in_flight_at_sigterm=len(in_flight),
         in_flight_ok=in_flight.count("200"),
-        sent_after_sigterm_plus_0_5s=len(late),
+        in_flight_unread=sum(1 for outcome in in_flight if outcome in NO_ANSWER),
+        sent_after_listener_closed=len(late),
         refused_after=sum(1 for outcome in late if not outcome.isdigit()),
-        exit_code=exit_code,
+        exit_code=run.exit_code,
         cpu_count=os.cpu_count(),
     )

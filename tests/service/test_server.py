@@ -29,6 +29,7 @@ def running_server(
         yield process, base_url
 
 
+@pytest.mark.slow
 def test_http_over_tcp(store: Path, tmp_path: Path) -> None:
     with running_server(store, tmp_path / "server.log", API_KEY="k") as (_, base_url):
         headers = {"Authorization": "Bearer k"}
@@ -57,6 +58,7 @@ def test_http_over_tcp(store: Path, tmp_path: Path) -> None:
             assert httpx.get(f"{base_url}/docs").status_code == 200
 
 
+@pytest.mark.slow
 def test_console_script_starts_the_service(store: Path, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("realnvp-serve")
     if not script.exists():
@@ -65,6 +67,7 @@ def test_console_script_starts_the_service(store: Path, tmp_path: Path) -> None:
         assert httpx.get(f"{base_url}/models", timeout=10).json()["models"][0]["name"] == "digits"
 
 
+@pytest.mark.slow
 def test_sigterm_drains_queued_requests_then_exits(store: Path, tmp_path: Path) -> None:
     log_path = tmp_path / "drain.log"
     with running_server(store, log_path, MAX_BATCH_SIZE="64", MAX_WAIT_MS="1500") as (process, base_url):

@@ -18,7 +18,7 @@ import torch
 from tests.support.artifacts import image_flow, vector_flow
 from training.export import export_artifact
 
-REFERENCE_SIZE = 400
+REFERENCE_SIZE = 2000
 DATASET = {"name": "synthetic", "splits": {"train": 0, "val": REFERENCE_SIZE, "test": REFERENCE_SIZE}}
 METRICS = {"test_bits_per_dim": 1.0, "test_nll_nats": 1.0}
 

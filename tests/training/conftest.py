@@ -62,6 +62,7 @@ def image_config(tmp_path: Path, *overrides: str, n: int = 600) -> TrainConfig:
         "train.epochs=2",
         "train.batch_size=32",
         "train.eval_batch_size=64",
+        'train.device="cpu"',  # on every host: resumes are compared bit for bit (cuDNN autotuning is not)
         "train.num_threads=1",
         "train.log_every=1",
         "train.sample_every=1",
@@ -90,6 +91,7 @@ def vector_config(tmp_path: Path, *overrides: str) -> TrainConfig:
         "train.epochs=2",
         "train.batch_size=50",
         "train.eval_batch_size=100",
+        'train.device="cpu"',
         "train.num_threads=1",
         "train.log_every=1",
         "train.sample_every=0",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
@@ -29,7 +30,12 @@ def test_fit_then_resume_from_a_checkpoint_path_alone(tmp_path, capsys):
         (["fit", "--config", "nowhere.toml"], "config file 'nowhere.toml' does not exist"),
         (["fit", "--config", "{config}", "--set", "optim.lr=fast"], "expected float for optim.lr, got 'fast'"),
         (["fit", "--config", "{config}", "--set", "optim.momentum=0.9"], "unknown key 'optim.momentum'"),
-        (["fit", "--config", "{config}", "--device", "cuda"], "no CUDA device is available"),
+        pytest.param(
+            ["fit", "--config", "{config}", "--device", "cuda"],
+            "no CUDA device is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA device"),
+            id="cuda-without-a-device",
+        ),
         (["fit", "--config", "{config}", "--resume"], "nothing to resume: checkpoint"),
         (
             ["fit", "--config", "{config}", "--set", 'data.name="array"', "--set", "data.path=/no/such.npy"],

@@ -91,14 +91,35 @@ def test_image_folder_reads_png_and_jpeg_recursively(tmp_path):
     assert sorted(int(v) for v in data.items[:, 0, 0, 0]) == [0, 10, 20, 200]
 
 
+def write_striped(path, centre, outer=(255, 0), size=(40, 20)):
+    """A wide image: its left and right quarters gray levels ``outer``, the centred square ``centre`` (a gray
+    level, or an RGB colour for a colour image)."""
+    width, height = size
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    pixels[:] = centre
+    side = (width - height) // 2
+    pixels[:, :side], pixels[:, width - side :] = outer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels if isinstance(centre, tuple) else pixels[:, :, 0]).save(path)
+
+
 def test_image_folder_colour_resize_and_crop(tmp_path):
-    write_image(tmp_path / "wide.png", size=(40, 20), mode="RGB", value=50)
+    write_striped(tmp_path / "wide.png", centre=(100, 0, 200))
     write_image(tmp_path / "gray.png", size=(16, 16), value=100)
     write_image(tmp_path / "third.png", size=(30, 30), value=0)
     data = load_data(folder_config(tmp_path, "data.image_size=8"))
     assert data.shape == (3, 8, 8)  # one colour image: everything becomes RGB
+    # Centre crop: the centred 20x20 square of the 40x20 image, resized; the gray outer stripes are cut away.
+    (wide,) = [item for item in data.items if item[1, 0, 0] == 0 and item[0, 0, 0] != 0]
+    assert [int(wide[channel].min()) for channel in range(3)] == [100, 0, 200] == [int(c.max()) for c in wide]
+    assert sum(bool((item == 100).all()) for item in data.items) == 1  # the gray image, in three equal channels
     gray = load_data(folder_config(tmp_path, "data.image_size=8", "data.channels=1", 'data.crop="none"'))
     assert gray.shape == (1, 8, 8)
+    # No crop: the whole image squashed to 8x8, stripes kept (Lanczos rings by a few levels near the edges).
+    (squashed,) = [item[0] for item in gray.items if not (item == item.flatten()[0]).all()]
+    assert (squashed[:, 0] > 240).all() and (squashed[:, -1] < 15).all(), squashed
+    centre = int(np.asarray(Image.new("RGB", (1, 1), (100, 0, 200)).convert("L"))[0, 0])
+    assert ((squashed[:, 2:6].int() - centre).abs() <= 12).all(), (centre, squashed)
 
 
 def test_image_folder_errors_name_the_file(tmp_path):

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from training.checkpoint import load_checkpoint
 from training.evaluate import evaluate_checkpoint
 from training.train import fit
@@ -13,6 +15,7 @@ from training.train import fit
 from .conftest import REPO, cli_env, image_config, write_toml
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_trains_like_one(tmp_path):
     config = image_config(tmp_path, "train.epochs=3", "train.sample_every=0", 'train.device="cpu"')
     config_path = write_toml(config, tmp_path / "tiny.toml")

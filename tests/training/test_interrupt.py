@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from training.checkpoint import load_checkpoint
@@ -48,6 +49,7 @@ def wait_for_step(metrics: Path, process: subprocess.Popen, predicate, timeout: 
     raise AssertionError("training did not reach the expected step in time")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path):
     # Many epochs, so that the signal surely lands before the end; resuming then finishes the interrupted epoch.
     config = image_config(tmp_path, "train.epochs=50", "train.sample_every=0", "data.val_size=16", "data.test_size=16")
@@ -71,6 +73,7 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp_path
         assert torch.equal(resumed.model[key], value), key
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_loses_at_most_that_epoch_and_never_corrupts(tmp_path):
     config = image_config(tmp_path, "train.epochs=50", "train.sample_every=0")
     config_path = write_toml(config, tmp_path / "tiny.toml")

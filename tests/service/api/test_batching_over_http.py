@@ -30,6 +30,21 @@ async def test_concurrent_requests_are_batched(open_client) -> None:
         assert batches < 16 and single < batches  # at least one batch held more than one sample
 
 
+class RecordingModule:
+    """Wraps a TorchScript module; keeps every batch ``encode`` receives."""
+
+    def __init__(self, inner: torch.jit.ScriptModule) -> None:
+        self.inner = inner
+        self.encoded: list[torch.Tensor] = []
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.encoded.append(x.clone())
+        return self.inner.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(z)
+
+
 async def test_a_rows_score_does_not_depend_on_its_batch(open_client) -> None:
     pixels = digit_images(6, seed=21)[:, None].tolist()
     noise = digit_images(40, seed=22)[:, None].tolist()
@@ -38,7 +53,12 @@ async def test_a_rows_score_does_not_depend_on_its_batch(open_client) -> None:
             (await client.post("/log-likelihood", json={"model": "digits", "inputs": [p]})).json()["log_likelihood"][0]
             for p in pixels
         ]
-    async with open_client(MAX_BATCH_SIZE=32, MAX_WAIT_MS=100) as client:
+    # A window long enough for every request to be queued before the first batch closes, even on a loaded
+    # machine (a batch that cannot take the next request closes at once; only the last one waits it out).
+    async with open_client(MAX_BATCH_SIZE=32, MAX_WAIT_MS=1000) as client:
+        runner = client.app.state.context.registry.models["digits"].runner  # type: ignore[attr-defined]
+        recorder = RecordingModule(runner.module)
+        runner.module = recorder
         requests = [client.post("/log-likelihood", json={"model": "digits", "inputs": [p]}) for p in pixels]
         busy = [
             client.post("/log-likelihood", json={"model": "digits", "inputs": noise[i : i + 5]})
@@ -46,8 +66,14 @@ async def test_a_rows_score_does_not_depend_on_its_batch(open_client) -> None:
         ]
         answers = await asyncio.gather(*requests, *busy)
         batched = [r.json()["log_likelihood"][0] for r in answers[: len(pixels)]]
-        text = (await client.get("/metrics")).text
-        assert metric_value(text, "realnvp_batch_size_samples_count", model="digits") < 46 / 2
+    # The guard: each probe row was scored in a batch with rows of other requests, busy ones among them.
+    probes = torch.tensor(pixels, dtype=torch.float32) + 0.5  # what encode receives: bin centres
+    others = torch.tensor(noise, dtype=torch.float32) + 0.5
+    for probe in probes:
+        (batch,) = [b for b in recorder.encoded if (b == probe).flatten(1).all(1).any()]
+        holds_busy_rows = (batch[:, None] == others[None]).flatten(2).all(2).any()
+        assert len(batch) > 1 and holds_busy_rows, [len(b) for b in recorder.encoded]
+    assert sum(len(b) for b in recorder.encoded) == 46
     np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
 
 

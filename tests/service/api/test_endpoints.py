@@ -126,9 +126,18 @@ async def test_log_likelihood_from_json_images_and_multipart_agree(client: httpx
 
 
 async def test_jpeg_is_accepted(client: httpx.AsyncClient) -> None:
-    flat = np.full((8, 8), 128, dtype=np.uint8)
-    response = await client.post("/log-likelihood", json={"model": "digits", "images": [png_b64(flat, fmt="JPEG")]})
-    assert response.status_code == 200 and len(response.json()["log_likelihood"]) == 1
+    # Not symmetric, so a transposed or flipped decode would score differently.
+    ramp = (np.arange(64).reshape(8, 8) * 4 + np.arange(8)[:, None] * 3).astype(np.uint8)
+    jpeg = png_b64(ramp, fmt="JPEG")
+    response = await client.post("/log-likelihood", json={"model": "digits", "images": [jpeg]})
+    assert response.status_code == 200, response.text
+    # Scored as the pixels the JPEG decodes to (lossy: not exactly the ramp), as if they were sent as numbers.
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(jpeg))).convert("L"))
+    assert not (decoded == ramp).all() and np.abs(decoded.astype(int) - ramp).max() < 20
+    as_inputs = await client.post("/log-likelihood", json={"model": "digits", "inputs": [decoded[None].tolist()]})
+    assert response.json()["log_likelihood"] == as_inputs.json()["log_likelihood"]
+    transposed = await client.post("/log-likelihood", json={"model": "digits", "inputs": [decoded.T[None].tolist()]})
+    assert transposed.json()["log_likelihood"] != response.json()["log_likelihood"]
 
 
 async def test_encode_is_consistent_with_log_likelihood(client: httpx.AsyncClient) -> None:

@@ -32,6 +32,13 @@ API_PATHS = {
     "/readyz",
     "/sample",
     "/sample.png",
+    "/models/{name}/drift",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/infer",
 }
 SECRET = "playground-test-secret-4f1c"
 
