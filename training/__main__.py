@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="also record the importance-weighted test bits/dim over K dequantization draws",
     )
+    refresh = commands.add_parser(
+        "refresh-card", help="recompute an artifact's density figures from its model.ts (a current card)"
+    )
+    refresh.add_argument("artifact", help="the artifact folder, e.g. model_store/mnist")
+    refresh.add_argument("--iw-samples", type=int, default=16, metavar="K", help="k of the importance-weighted bound")
     return parser
 
 
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sample(args)
         if args.command == "curves":
             return _curves(args)
+        if args.command == "refresh-card":
+            return _refresh_card(args)
         return _export(args)
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -211,6 +218,19 @@ def _export(args: argparse.Namespace) -> int:
         return 1
     summary = {k: card[k] for k in ("name", "flow_type", "data_kind", "shape", "metrics", "sha256")}
     print(json.dumps({"artifact": str(args.out), **summary}, indent=2))
+    return 0
+
+
+def _refresh_card(args: argparse.Namespace) -> int:
+    from artifact import ArtifactError
+    from training.export import refresh_card
+
+    try:
+        card = refresh_card(args.artifact, iw_samples=args.iw_samples)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"artifact": str(args.artifact), "metrics": card["metrics"]}, indent=2))
     return 0
 
 

@@ -203,3 +203,24 @@ def test_cli_export_evaluate_and_sample_a_checkpoint(tmp_path):
 
     with Image.open(grid) as image:
         assert image.size[0] == image.size[1] > 8 * 4
+
+
+def test_refresh_card_recomputes_the_standard_figures_from_the_module(tmp_path):
+    """An older card (format 1, bin-centre headline) becomes a current one with export's own figures."""
+    from training.export import export_checkpoint, refresh_card
+
+    last = fit(image_config(tmp_path, "train.epochs=1", "train.sample_every=0"))
+    store = tmp_path / "tiny"
+    exported = export_checkpoint(last, store, iw_samples=2)["metrics"]
+    old = json.loads((store / "card.json").read_text())
+    old["format_version"] = 1
+    old["metrics"] = {"test_bits_per_dim": exported["test_bin_centre_bits_per_dim"], "test_nll_nats": 1.0}
+    (store / "card.json").write_text(json.dumps(old))
+    refreshed = refresh_card(store, iw_samples=2)
+    assert refreshed["format_version"] == 2 and refreshed["sha256"] == old["sha256"]
+    for key in ("test_bits_per_dim", "test_bin_centre_bits_per_dim", "test_iw_bits_per_dim", "val_bits_per_dim"):
+        assert refreshed["metrics"][key] == pytest.approx(exported[key], rel=1e-5), key
+    assert refreshed["metrics"]["test_bits_per_dim"] > refreshed["metrics"]["test_bin_centre_bits_per_dim"]
+    (store / "model.ts").write_bytes((store / "model.ts").read_bytes() + b"x")
+    with pytest.raises(Exception, match="checksum"):
+        refresh_card(store)

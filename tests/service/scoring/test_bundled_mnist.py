@@ -20,8 +20,7 @@ MNIST = BUNDLED_MODEL_DIR / "mnist"
 def bundled_card() -> dict:
     assert (MNIST / "card.json").is_file(), f"the bundled mnist model is missing from {MNIST}"
     card = json.loads((MNIST / "card.json").read_text())
-    if "complexity" not in card.get("reference_scores", {}):
-        pytest.skip("the bundled mnist card predates complexity references; re-export it")
+    assert "complexity" in card.get("reference_scores", {}), "the bundled mnist card predates complexity references"
     return card
 
 
@@ -71,11 +70,21 @@ async def test_typicality_of_held_out_batches_at_fpr_005(
     # typicality assumes a batch is an i.i.d. sample: the split is sorted by label (mnist5k), so shuffle it
     shuffled = test_digits[np.random.default_rng(0).permutation(len(test_digits))]
     batches = shuffled[: len(shuffled) // size * size].reshape(-1, size, *shuffled.shape[1:])
-    flagged = []
-    for batch in batches:
-        body = (await mnist_client.post("/anomaly", json={"inputs": batch.tolist(), "fpr": fpr})).json()
-        flagged.append(body["typicality"]["is_anomaly"])
-    assert abs(np.mean(flagged) - fpr) < 3 * math.sqrt(fpr * (1 - fpr) / len(batches))
+
+    async def flagged(batches: np.ndarray) -> list[bool]:
+        answers = []
+        for batch in batches:
+            body = (await mnist_client.post("/anomaly", json={"inputs": batch.tolist(), "fpr": fpr})).json()
+            answers.append(body["typicality"]["is_anomaly"])
+        return answers
+
+    # 50 held-out batches are too few to pin the rate down from below (the rate itself is checked on 4,000
+    # simulated batches in tests/artifact/test_scores.py): here, not clearly above fpr (a test that always flags
+    # fails), and atypical batches both ways flagged (a test that never flags fails).
+    assert np.mean(await flagged(batches)) < fpr + 3 * math.sqrt(fpr * (1 - fpr) / len(batches))
+    too_unlikely = 255 - batches[:5]  # inverted digits: many times the entropy in bits/dim
+    too_likely = np.zeros_like(batches[:5])  # blank images: far likelier than any digit
+    assert await flagged(too_unlikely) == [True] * 5 and await flagged(too_likely) == [True] * 5
 
 
 async def test_out_of_distribution_images_are_flagged(mnist_client: httpx.AsyncClient, test_digits: np.ndarray) -> None:
@@ -92,3 +101,33 @@ async def test_raw_likelihood_prefers_a_black_image(mnist_client: httpx.AsyncCli
     assert body["scores"]["nll"]["percentile"] == [0.0] and not body["scores"]["nll"]["is_anomaly"][0]
     assert body["typicality"]["mean_nll"] < body["typicality"]["entropy"] and body["is_anomaly"] == [True]
     assert len(body["explanations"]) == 1 and body["explanation_scale"][0] > 0
+
+
+def test_the_cards_headline_bits_per_dim_is_the_standard_measure_recomputed_from_the_module(
+    test_digits: np.ndarray,
+) -> None:
+    """-log2 p(x + u) / D with fresh uniform draws, from ``model.ts``'s own ``encode``: within sampling noise.
+
+    Two independent draws per digit (not the ones export used): the spread of their difference is the noise of
+    a one-draw mean over the same digits, so the bound is paired (image-to-image spread does not enter it).
+    """
+    import torch
+
+    card = bundled_card()
+    module = torch.jit.load(str(MNIST / "model.ts"))
+    x = torch.from_numpy(test_digits).float()
+    dimension = card["dimension"]
+    generator = torch.Generator().manual_seed(12345)
+    draws = []
+    for _ in range(2):
+        with torch.no_grad():
+            z, log_det = module.encode(x + torch.rand(x.shape, generator=generator))
+        nats = -0.5 * (z.double().square().sum(1) + dimension * math.log(2 * math.pi)) + log_det.double()
+        draws.append((-nats / (dimension * math.log(2.0))).numpy())
+    difference = draws[0] - draws[1]
+    noise_of_a_mean = difference.std(ddof=1) / math.sqrt(2 * len(difference))  # one draw per digit
+    estimate = (draws[0].mean() + draws[1].mean()) / 2
+    headline = card["metrics"]["test_bits_per_dim"]
+    # headline − estimate: noise of a one-draw mean plus half of it (the two-draw estimate) → 1.23 of it
+    assert abs(estimate - headline) <= 5 * 1.23 * noise_of_a_mean + 1e-4, (estimate, headline, noise_of_a_mean)
+    assert card["metrics"]["test_bin_centre_bits_per_dim"] < headline  # the bin-centre density is not the headline
