@@ -18,7 +18,7 @@ def check_count(what: str, count: int, limit: int) -> None:
         raise PayloadTooLargeError(f"{what}: expected at most MAX_SAMPLES = {limit} items, got {count}")
 
 
-def _non_numbers(values: Sequence[Any]) -> list[Any]:
+def non_numbers(values: Sequence[Any]) -> list[Any]:
     """The first leaf of nested lists that is not a number (JSON true/false/null, strings, objects).
 
     Returns:
@@ -35,7 +35,7 @@ def _non_numbers(values: Sequence[Any]) -> list[Any]:
 
 
 def _nested_tensor(what: str, values: Sequence[Any], expected: str, check_leaves: bool = True) -> torch.Tensor:
-    wrong = _non_numbers(values) if check_leaves else []
+    wrong = non_numbers(values) if check_leaves else []
     if wrong:
         shown = repr(wrong[0])
         raise InvalidInputError(

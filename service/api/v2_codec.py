@@ -16,7 +16,7 @@ import torch
 from fastapi import Response
 
 from artifact import ModelCard
-from service.api.inputs import check_count, check_items
+from service.api.inputs import check_count, check_items, non_numbers
 from service.api.v2_schemas import (
     HEADER_LENGTH,
     INPUT_DATATYPES,
@@ -85,23 +85,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
     return InferenceRequest.model_validate_json(header), binary
 
 
-def _non_number(values: Sequence[Any]) -> object | None:
-    """The first leaf of nested lists that is not a JSON number (booleans, strings, null, objects), else None."""
-    stack = [values]
-    while stack:
-        for item in stack.pop():
-            if isinstance(item, list):
-                stack.append(item)
-            elif type(item) not in (int, float):
-                return item
-    return None
-
-
 def _json_values(what: str, data: list[Any], datatype: str, count: int) -> np.ndarray:
     """``data`` (flat or nested, row-major) → float64 ``(count,)``, each value representable in ``datatype``."""
-    wrong = _non_number(data)
-    if wrong is not None:
-        raise InvalidInputError(f"{what}.data: expected numbers of datatype {datatype}, got {_shown(wrong, 40)}")
+    wrong = non_numbers(data)
+    if wrong:
+        raise InvalidInputError(f"{what}.data: expected numbers of datatype {datatype}, got {_shown(wrong[0], 40)}")
     try:
         values = np.asarray(data, dtype=np.float64).reshape(-1)
     except (ValueError, OverflowError) as exc:
