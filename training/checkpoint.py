@@ -75,18 +75,13 @@ def build_flow(model: ModelConfig, kind: str, shape: tuple[int, ...] | list[int]
         hint = "" if kind == spec.data_kind else f"; use {_flow_for(kind)} for {kind} data"
         raise ConfigError(f"model.type = {model.type!r} needs {spec.accepts}, got {got}{hint}")
     try:
-        return spec.build(shape, config_to_dict_model(model))
+        return spec.build(shape, dataclasses.asdict(model))
     except ValueError as err:
         raise ConfigError(f"cannot build {model.type} for {kind}s of shape {list(shape)}: {err}") from None
 
 
 def _flow_for(kind: str) -> str:
     return " or ".join(name for name, spec in FLOWS.items() if spec.data_kind == kind)
-
-
-def config_to_dict_model(model: ModelConfig) -> dict[str, Any]:
-    """The model configuration as constructor keywords."""
-    return dataclasses.asdict(model)
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
