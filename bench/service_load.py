@@ -60,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="TORCH_THREADS of both servers and of the in-process reference"
     )
+    parser.add_argument(
+        "--reference-seconds",
+        type=float,
+        default=3.0,
+        help="seconds of in-process timing at batch 1 (half that at each formed batch size), per execution mode",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     return parser.parse_args()
 
@@ -273,12 +279,14 @@ def main() -> None:
     report["torch_threads"] = torch.get_num_threads()
     module = torch.jit.load(str(artifact / "model.ts"), map_location="cpu")
     for endpoint in args.endpoints:
-        timings: dict[int, dict[str, float]] = {1: time_in_process(module, endpoint, card["shape"], 1, 3.0)}
+        timings: dict[int, dict[str, float]] = {
+            1: time_in_process(module, endpoint, card["shape"], 1, args.reference_seconds)
+        }
         for concurrency, point in report["results"][endpoint].items():
             formed = {int(size): count for size, count in point["batched"]["batch_sizes"].items()}
             for size in formed:
                 if size not in timings:
-                    timings[size] = time_in_process(module, endpoint, card["shape"], size, 1.5)
+                    timings[size] = time_in_process(module, endpoint, card["shape"], size, args.reference_seconds / 2)
             busy_s = sum(count * min(timings[size].values()) for size, count in formed.items())
             samples = sum(size * count for size, count in formed.items())
             point["in_process"] = {

@@ -7,10 +7,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from tests.support.anomaly_store import build_anomaly_store
 from tests.support.artifacts import build_store
 from tests.support.inprocess import serve_in_process
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped on a host without a CUDA device (the suite passes on both)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

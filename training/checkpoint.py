@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from models import FLOWS, Flow
-from training.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from training.config import ConfigError, ModelConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict
 from training.data import DataSplits
 
 FORMAT_VERSION = 1
@@ -140,7 +140,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"'{path}' is not a training checkpoint of format {FORMAT_VERSION}")
     try:
-        config = config_from_dict(payload["config"])
+        config = config_from_dict(_per_device_batch(payload["config"], payload.get("extra") or {}))
     except ConfigError as err:
         raise CheckpointError(f"checkpoint '{path}' holds a configuration this code rejects: {err}") from None
     return Checkpoint(
@@ -156,6 +156,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         rng=payload["rng"],
         extra=payload["extra"],
     )
+
+
+def _per_device_batch(raw: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The stored config with ``train.batch_size`` as the per-device batch it now means.
+
+    Checkpoints written before ``train.batch_size`` meant the batch of each process held the global batch, split
+    over the ``extra["world_size"]`` processes; they carry no ``extra["global_batch_size"]``. Their config is
+    read with ``batch_size // world_size``, so a resumed multi-process run takes the steps it took before (a
+    one-process checkpoint is unchanged either way).
+    """
+    world_size = int(extra.get("world_size", 1))
+    if "global_batch_size" in extra or world_size <= 1:
+        return raw
+    train = dict(raw.get("train", {}))
+    train["batch_size"] = int(train.get("batch_size", RunConfig.batch_size)) // world_size
+    return {**raw, "train": train}
 
 
 def load_flow(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[Flow, Checkpoint]:

@@ -29,6 +29,7 @@ GENERATED_DATASETS = ("moons", "circles", "checkerboard", "rings", "bimodal")
 BUNDLED_DATASETS = ("mnist5k", "digits")
 FILE_DATASETS = ("image_folder", "array", "cifar10", "mnist_idx")
 DATASETS = GENERATED_DATASETS + BUNDLED_DATASETS + FILE_DATASETS
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,8 @@ class OptimConfig:
         min_lr: final learning rate of the cosine schedule.
         ema_decay: decay of the exponential moving average of the weights (0 = off); the EMA weights are then
             the ones evaluated, sampled and exported.
+        lr_scaling: how the schedule follows the global batch under ``torchrun``: "none" (``lr`` as written),
+            "linear" (× N processes) or "sqrt" (× √N); ``lr`` and ``min_lr`` are those of one process.
     """
 
     lr: float = 1e-3
@@ -121,6 +124,7 @@ class OptimConfig:
     schedule: str = "constant"
     min_lr: float = 0.0
     ema_decay: float = 0.0
+    lr_scaling: str = "none"
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,8 @@ class RunConfig:
 
     Attributes:
         epochs: number of passes over the training split.
-        batch_size: global batch size (split evenly over processes under ``torchrun``).
+        batch_size: batch size of each process (per device); under ``torchrun`` with N processes one optimizer
+            step sees N × ``batch_size`` items (checkpoints of older, global-batch runs are converted on load).
         eval_batch_size: batch size of validation/test evaluation.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         amp: "auto" (bf16 autocast on CUDA), "bf16" or "none".
@@ -374,6 +379,7 @@ def _validate(config: TrainConfig) -> None:
     _check_choice("optim.schedule", optim.schedule, ("constant", "cosine"))
     _check(0 <= optim.min_lr <= optim.lr, f"expected 0 <= optim.min_lr <= optim.lr, got {optim.min_lr}")
     _check(0 <= optim.ema_decay < 1, f"expected optim.ema_decay in [0, 1), got {optim.ema_decay}")
+    _check_choice("optim.lr_scaling", optim.lr_scaling, LR_SCALINGS)
     _check(run.epochs >= 1, f"expected train.epochs >= 1, got {run.epochs}")
     _check(run.batch_size >= 1, f"expected train.batch_size >= 1, got {run.batch_size}")
     _check(run.eval_batch_size >= 1, f"expected train.eval_batch_size >= 1, got {run.eval_batch_size}")

@@ -20,23 +20,29 @@ from torch import Tensor
 from training.config import ConfigError, TrainConfig
 
 
-def setup_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
-    """``(rank, world_size, device)``; joins the process group when started by ``torchrun``.
+def setup_distributed(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    """``(rank, world_size, device, distributed)``; joins the process group when started by ``torchrun``.
 
     Each process takes its device first (``cuda:LOCAL_RANK``), then joins the group bound to it
-    (``device_id``), so NCCL never creates a context on GPU 0 for every rank.
+    (``device_id``), so NCCL never creates a context on GPU 0 for every rank. A ``torchrun`` job of one process
+    joins a group as well (``distributed`` is True): it runs DistributedDataParallel and NCCL like a larger one.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = choose_device(config.train.device, local_rank, world_size)
-    if world_size == 1:
-        return 0, 1, device
+    if world_size == 1 and not launched_by_torchrun():
+        return 0, 1, device, False
     if not dist.is_initialized():
         if device.type == "cuda":
             dist.init_process_group(backend="nccl", device_id=device)
         else:
             dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    return dist.get_rank(), dist.get_world_size(), device, True
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is a worker of ``torchrun`` (which sets ``TORCHELASTIC_RUN_ID`` and ``MASTER_ADDR``)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
 
 
 def choose_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
@@ -68,13 +74,34 @@ def fits_on_gpu(items: Tensor, device: torch.device) -> bool:
     return items.numel() * items.element_size() < free // 4
 
 
-def agree(finite: bool, stop: bool, world_size: int, device: torch.device) -> tuple[bool, bool]:
-    """All processes take the same decision: skip the step if any saw a bad loss; stop if any was signalled."""
-    if world_size == 1:
-        return finite, stop
-    flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop else 0.0], device=device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return flags[0].item() == 0.0, flags[1].item() == 1.0
+def agree_on_skip(found_inf: Tensor, distributed: bool) -> Tensor:
+    """Make every process skip a step that any process found non-finite: ``found_inf`` all-reduced by MAX.
+
+    Args:
+        found_inf: ``()`` float on the training device, 1 for a non-finite loss or gradient norm, else 0;
+            reduced in place (a collective queued on the device: nothing is read back).
+        distributed: whether the process belongs to a group (else ``found_inf`` is returned as it is).
+
+    Returns:
+        ``found_inf``.
+    """
+    if distributed:
+        dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
+    return found_inf
+
+
+def agree_on_stop(requested: bool, distributed: bool, device: torch.device) -> Tensor | None:
+    """The stop flag every process agrees on, ``(1,)`` float on ``device`` (1 if any process was signalled).
+
+    Called at the same steps by every process (the ledger's reads). A device-side fill, not a tensor built from
+    a Python list (which would be a pageable host-to-device copy); the caller reads it back together with the
+    ledger, in one transfer. None for a single process, which decides on its own.
+    """
+    if not distributed:
+        return None
+    flag = torch.full((1,), 1.0 if requested else 0.0, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag
 
 
 class StopFlag:

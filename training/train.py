@@ -4,6 +4,9 @@ One process, or one per device under ``torchrun`` (DistributedDataParallel; rank
 Each epoch is a seeded permutation of the training split (``DistributedSampler``, the same for a given seed and
 epoch), each step's dequantization noise comes from a generator seeded by ``(seed, step, rank)``: a run resumed
 from a checkpoint, even one written mid-epoch at Ctrl-C, takes exactly the steps the uninterrupted run would.
+``train.batch_size`` is each process's batch: N processes take N × ``batch_size`` items per optimizer step.
+A step reads nothing back from the device: its figures go to a :class:`~training.ledger.StepLedger`, read once
+per log interval, and a non-finite step is skipped by the fused optimizer itself (see :func:`apply_update`).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from training.config import ConfigError, TrainConfig, config_to_dict
 from training.data import DataSplits, load_data
 from training.ema import ema_decay, make_ema, update_ema
 from training.evaluate import held_out_log_likelihoods, summarize
+from training.ledger import Reading, StepLedger
 from training.plots import save_image_grid, save_vector_samples
-from training.runtime import MetricsLog, StopFlag, agree, fits_on_gpu, setup_distributed
+from training.runtime import MetricsLog, StopFlag, agree_on_skip, agree_on_stop, fits_on_gpu, setup_distributed
 
 # Keys that may change when resuming (they do not change which steps are taken).
 RESUMABLE_KEYS = frozenset(
@@ -91,9 +95,9 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
     run = setup_run(config, resume)
     with StopFlag() as stop:
         while run.epoch < config.train.epochs:
-            batches = epoch_batches(run)  # (batches, B) indices into the training split
+            batches = epoch_batches(run)  # (batches, B) indices into the training split, on its device
             run.flow.train()
-            tally = EpochTally(run.device)
+            run.ledger.start_epoch()
             bar = tqdm(
                 total=run.batches_per_epoch,
                 initial=run.batch_in_epoch,
@@ -103,12 +107,14 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> Path:
             )
             while run.batch_in_epoch < run.batches_per_epoch:
                 result = train_step(run, batches[run.batch_in_epoch])
-                finite, stop_now = agree(result.finite, stop.requested, run.world_size, run.device)
-                after_step(run, result, finite, tally, bar)
-                if stop_now:
+                apply_update(run, result)
+                advance(run, result, bar)
+                # A single process stops at the step it was signalled; a group agrees at the next read.
+                reads = at_read_point(run) or (stop.requested and not run.distributed)
+                if reads and read_ledger(run, stop.requested, bar):
                     interrupt(run)
             bar.close()
-            end_of_epoch(run, tally)
+            end_of_epoch(run)
     finish(run)
     return run.last_path
 
@@ -127,25 +133,34 @@ class Run:
     train_items: Tensor
     val_items: Tensor
     sampler: DistributedSampler
-    per_rank_batch: int
+    per_device_batch: int
     batches_per_epoch: int
     flow: Flow
     model: nn.Module
     optimizer: torch.optim.Optimizer
     ema: Flow | None
     metrics: MetricsLog
+    ledger: StepLedger
+    distributed: bool = False
+    lr_scale: float = 1.0
     epoch: int = 0
     batch_in_epoch: int = 0
     step: int = 0
     best_val_bpd: float = math.inf
     elapsed_before: float = 0.0
-    bad_steps: int = 0
+    epoch_bpd: float | None = None
+    epoch_steps: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
     def master(self) -> bool:
         """Rank 0: the process that evaluates and writes."""
         return self.rank == 0
+
+    @property
+    def global_batch(self) -> int:
+        """Items per optimizer step, over all processes."""
+        return self.per_device_batch * self.world_size
 
     @property
     def total_steps(self) -> int:
@@ -182,6 +197,8 @@ class Run:
             extra={
                 "elapsed_s": self.elapsed(),
                 "world_size": self.world_size,
+                "global_batch_size": self.global_batch,  # also marks train.batch_size as per device
+                "lr_scale": self.lr_scale,
                 "num_parameters": self.flow.num_parameters(),
             },
         )
@@ -191,10 +208,10 @@ def setup_run(config: TrainConfig, resume: str | Path | None) -> Run:
     """Processes, device, data, flow, optimizer and EMA; the position of ``resume`` when given.
 
     Raises:
-        ConfigError: the batch does not split over the processes, or the split is smaller than one batch.
+        ConfigError: the training split is smaller than one global batch.
         CheckpointError: ``resume`` does not fit ``config`` (see :func:`check_resumable`).
     """
-    rank, world_size, device = setup_distributed(config)
+    rank, world_size, device, distributed = setup_distributed(config)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     if device.type == "cuda":
@@ -203,11 +220,11 @@ def setup_run(config: TrainConfig, resume: str | Path | None) -> Run:
     train_items, val_items = data.split("train"), data.split("val")
     if device.type == "cuda" and fits_on_gpu(train_items, device):
         train_items = train_items.to(device)
-    per_rank_batch, batches_per_epoch, sampler = _batching(config, len(train_items), rank, world_size)
+    batches_per_epoch, sampler = _batching(config, len(train_items), rank, world_size)
     torch.manual_seed(config.seed)  # the architecture and its initial weights come from the config alone
     flow = build_flow(config.model, data.kind, data.shape).to(device)
     model: nn.Module = LogProbObjective(flow)
-    if world_size > 1:
+    if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     run = Run(
         config=config,
@@ -219,25 +236,50 @@ def setup_run(config: TrainConfig, resume: str | Path | None) -> Run:
         train_items=train_items,
         val_items=val_items,
         sampler=sampler,
-        per_rank_batch=per_rank_batch,
+        per_device_batch=config.train.batch_size,
         batches_per_epoch=batches_per_epoch,
         flow=flow,
         model=model,
-        # fused: one kernel for the whole update on CUDA instead of several per parameter tensor
-        optimizer=torch.optim.Adam(
-            flow.parameters(), lr=config.optim.lr, betas=config.optim.betas, fused=device.type == "cuda"
-        ),
+        optimizer=make_optimizer(flow, config, device),
         ema=make_ema(flow) if config.optim.ema_decay > 0 else None,
         metrics=MetricsLog(Path(config.out_dir) / "metrics.jsonl", enabled=rank == 0),
+        ledger=StepLedger(device),
+        distributed=distributed,
+        lr_scale=lr_scale(config.optim.lr_scaling, world_size),
     )
     if resume is not None:
         _restore(run, resume)
     if run.master:
+        group = f"DDP x{world_size} ({dist.get_backend()})" if distributed else "x1"
         print(
             f"training {config.model.type} ({flow.num_parameters():,} parameters) on {data.name} "
-            f"{data.sizes} on {device}{' bf16' if run.use_bf16 else ''} x{world_size}, {run.total_steps} steps"
+            f"{data.sizes} on {device}{' bf16' if run.use_bf16 else ''} {group}, batch {run.per_device_batch} "
+            f"per device ({run.global_batch} per step), peak lr {config.optim.lr * run.lr_scale:g} "
+            f"(lr_scaling {config.optim.lr_scaling}), {run.total_steps} steps"
         )
     return run
+
+
+def make_optimizer(flow: Flow, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused on CUDA.
+
+    Fused: one kernel for the whole update instead of several per parameter tensor, and one that skips a
+    non-finite step on the device (``found_inf``, see :func:`apply_update`). CPU runs keep the foreach
+    implementation their checkpoints were trained with (fused CPU Adam rounds differently).
+    """
+    return torch.optim.Adam(
+        flow.parameters(), lr=config.optim.lr, betas=config.optim.betas, fused=device.type == "cuda"
+    )
+
+
+def lr_scale(rule: str, world_size: int) -> float:
+    """The factor on the whole learning-rate schedule for ``world_size`` processes (``optim.lr_scaling``).
+
+    ``optim.lr`` is the learning rate of one process at batch ``train.batch_size``; N processes step with N times
+    that batch. ``linear`` (Goyal et al. 2017, for SGD) multiplies by N, ``sqrt`` (the square-root rule that
+    Malladi et al. 2022 derive for Adam) by √N, ``none`` leaves it.
+    """
+    return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[rule]
 
 
 def use_bf16(amp: str, device: torch.device, kind: str) -> bool:
@@ -249,23 +291,20 @@ def use_bf16(amp: str, device: torch.device, kind: str) -> bool:
     return amp == "bf16" or (amp == "auto" and device.type == "cuda" and kind == "image")
 
 
-def _batching(config: TrainConfig, size: int, rank: int, world_size: int) -> tuple[int, int, DistributedSampler]:
-    """``(per-process batch, batches per epoch, sampler)`` for a training split of ``size`` items."""
-    per_rank_batch = config.train.batch_size // world_size
-    if per_rank_batch * world_size != config.train.batch_size:
-        raise ConfigError(
-            f"train.batch_size = {config.train.batch_size} is not divisible by the {world_size} processes"
-        )
+def _batching(config: TrainConfig, size: int, rank: int, world_size: int) -> tuple[int, DistributedSampler]:
+    """``(batches per epoch, sampler)`` for a training split of ``size`` items and a per-device batch."""
+    per_device, global_batch = config.train.batch_size, config.train.batch_size * world_size
     sampler = DistributedSampler(
         range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True
     )
-    batches_per_epoch = len(sampler) // per_rank_batch
+    batches_per_epoch = len(sampler) // per_device
     if batches_per_epoch == 0:
+        processes = f" ({world_size} processes x {per_device})" if world_size > 1 else ""
         raise ConfigError(
-            f"the training split has {size} items, fewer than one batch of {config.train.batch_size}; "
+            f"the training split has {size} items, fewer than one batch of {global_batch}{processes}; "
             "lower train.batch_size"
         )
-    return per_rank_batch, batches_per_epoch, sampler
+    return batches_per_epoch, sampler
 
 
 def _restore(run: Run, resume: str | Path) -> None:
@@ -282,23 +321,39 @@ def _restore(run: Run, resume: str | Path) -> None:
     if checkpoint.extra.get("world_size", run.world_size) != run.world_size and run.master:
         print(
             f"warning: resuming a {checkpoint.extra['world_size']}-process run with {run.world_size} "
-            "processes: the data order differs from the original run"
+            f"processes: the data order and the global batch ({run.global_batch} items per step) differ from "
+            "the original run's"
         )
 
 
 # --------------------------------------------------------------------------------------------------- steps
 def epoch_batches(run: Run) -> Tensor:
-    """This epoch's ``(batches, B)`` indices into the training split (the same for a given seed and epoch)."""
+    """This epoch's ``(batches, B)`` indices into the training split (the same for a given seed and epoch).
+
+    Moved to the split's device once per epoch (pinned, asynchronous), so no step copies indices from pageable
+    host memory, which would wait for the device.
+    """
     run.sampler.set_epoch(run.epoch)
-    order = torch.tensor(list(run.sampler))[: run.batches_per_epoch * run.per_rank_batch]
-    return order.view(run.batches_per_epoch, run.per_rank_batch)
+    order = torch.tensor(list(run.sampler))[: run.batches_per_epoch * run.per_device_batch]
+    order = order.view(run.batches_per_epoch, run.per_device_batch)
+    if run.train_items.device.type == "cuda":
+        order = order.pin_memory().to(run.train_items.device, non_blocking=True)
+    return order
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """One step's figures, still on the device (read back only when logged)."""
+    """One step's figures, still on the device (read back once per log interval, by the ledger).
 
-    finite: bool
+    Attributes:
+        found_inf: ``()`` float, 1 when the loss or gradient norm was non-finite in some process, else 0.
+        loss: ``()`` the loss (bits/dim plus the weight-norm penalty).
+        nll_bpd: ``()`` training bits/dim.
+        grad_norm: ``()`` gradient norm before clipping.
+        lr: the step's learning rate.
+    """
+
+    found_inf: Tensor
     loss: Tensor
     nll_bpd: Tensor
     grad_norm: Tensor
@@ -306,9 +361,14 @@ class StepResult:
 
 
 def train_step(run: Run, index: Tensor) -> StepResult:
-    """Forward, backward and clipping of one batch; the update itself waits for :func:`after_step`."""
+    """Forward, backward and clipping of one batch; the update itself is :func:`apply_update`'s.
+
+    Args:
+        run: the run.
+        index: ``(B,)`` rows of the training split, on its device.
+    """
     config = run.config
-    lr = get_lr(run.step, config, run.total_steps)
+    lr = get_lr(run.step, config, run.total_steps) * run.lr_scale
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     x = get_batch(run.train_items, index, run.device)  # (B, *shape) float
@@ -320,8 +380,92 @@ def train_step(run: Run, index: Tensor) -> StepResult:
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(run.flow.parameters(), config.optim.grad_clip or math.inf)
-    finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one host sync of a step
-    return StepResult(finite=finite, loss=loss.detach(), nll_bpd=nll_bpd.detach(), grad_norm=grad_norm, lr=lr)
+    found_inf = torch.logical_not(torch.isfinite(loss) & torch.isfinite(grad_norm)).float()  # on the device
+    agree_on_skip(found_inf, run.distributed)
+    return StepResult(found_inf=found_inf, loss=loss.detach(), nll_bpd=nll_bpd.detach(), grad_norm=grad_norm, lr=lr)
+
+
+def apply_update(run: Run, result: StepResult) -> None:
+    """The optimizer (and EMA) update, unless the step was non-finite: a non-finite loss never reaches the weights.
+
+    With the fused Adam of a CUDA run the decision never leaves the device: ``found_inf`` is handed to the
+    kernel (the protocol ``torch.amp.GradScaler`` uses), which then changes neither weights, moments nor step
+    counts, and the EMA interpolates with weight 0. The foreach Adam of a CPU run is not told about
+    ``found_inf``; there Python reads the flag, which waits for nothing (CPU operations have already run).
+    """
+    decay = ema_decay(run.step, run.config.optim.ema_decay)
+    if run.optimizer.defaults.get("fused"):
+        run.optimizer.found_inf = result.found_inf  # type: ignore[attr-defined]
+        run.optimizer.step()
+        if run.ema is not None:
+            update_ema(run.ema, run.flow, decay, skip=result.found_inf)
+    elif not bool(result.found_inf):
+        run.optimizer.step()
+        if run.ema is not None:
+            update_ema(run.ema, run.flow, decay)
+
+
+def advance(run: Run, result: StepResult, bar: tqdm) -> None:
+    """Count the step (skipped or not) and fold its figures into the ledger; reads nothing back."""
+    run.ledger.add(result.loss, result.nll_bpd, result.grad_norm, result.found_inf, run.step)
+    run.batch_in_epoch += 1
+    run.step += 1
+    bar.update(1)
+
+
+def at_read_point(run: Run) -> bool:
+    """Whether the ledger is read after this step: every ``train.log_every`` steps and at the end of an epoch.
+
+    Every process reads at the same steps, so their collectives (the agreed stop flag) match.
+    """
+    return run.step % run.config.train.log_every == 0 or run.batch_in_epoch == run.batches_per_epoch
+
+
+def read_ledger(run: Run, stop_requested: bool, bar: tqdm) -> bool:
+    """Read the ledger back (the one device → host transfer of a log interval): report skipped steps, log.
+
+    Returns:
+        Whether to stop now (agreed by every process).
+
+    Raises:
+        TrainingError: ``train.max_bad_steps`` consecutive skipped steps.
+    """
+    reading = run.ledger.read(agree_on_stop(stop_requested, run.distributed, run.device))
+    run.epoch_bpd, run.epoch_steps = reading.epoch_bpd, reading.epoch_steps
+    if reading.last_skip is not None:
+        report_skipped(run, reading)
+    if run.step % run.config.train.log_every == 0:
+        if reading.loss is not None:
+            bar.set_postfix(loss=f"{reading.loss:.4f}", bpd=f"{reading.train_bpd:.4f}")
+            run.metrics.write(
+                kind="train", step=run.step, epoch=run.epoch, loss=reading.loss, train_bpd=reading.train_bpd,
+                lr=get_lr(run.step - 1, run.config, run.total_steps) * run.lr_scale, grad_norm=reading.grad_norm,
+                skipped=reading.skipped_in_interval,
+            )  # fmt: skip
+        run.ledger.start_interval()
+    return reading.stop if run.distributed else stop_requested
+
+
+def report_skipped(run: Run, reading: Reading) -> None:
+    """Print the last skipped step; stop after ``train.max_bad_steps`` consecutive ones.
+
+    Raises:
+        TrainingError: the longest run of consecutive skipped steps reached ``train.max_bad_steps``.
+    """
+    assert reading.last_skip is not None
+    step, loss, grad_norm = reading.last_skip
+    message = (
+        f"step {step}: non-finite loss {loss:.4g} or gradient norm {grad_norm:.4g}; update skipped, weights unchanged"
+    )
+    if reading.new_skips > 1:
+        message += f" ({reading.new_skips} steps skipped since the last report)"
+    if run.master:
+        tqdm.write(message)
+    if reading.longest_skip_run >= run.config.train.max_bad_steps:
+        raise TrainingError(
+            f"{message}. {reading.longest_skip_run} consecutive bad steps: stopping. Lower optim.lr or raise "
+            f"optim.warmup_steps; last good checkpoint: {run.last_path}"
+        )
 
 
 def weight_norm_penalty(flow: Flow) -> Tensor:
@@ -332,67 +476,6 @@ def weight_norm_penalty(flow: Flow) -> Tensor:
     return torch.stack(torch._foreach_norm([g.float() for g in scales])).square().sum()
 
 
-@dataclass
-class EpochTally:
-    """The epoch's summed training bits/dim, accumulated on the device (read once, at the epoch's end)."""
-
-    device: torch.device
-    total: Tensor = field(init=False)
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.total = torch.zeros((), device=self.device)
-
-    def add(self, nll_bpd: Tensor) -> None:
-        """Count one finite step."""
-        self.total += nll_bpd
-        self.count += 1
-
-    def mean(self) -> float:
-        """Mean training bits/dim of the counted steps (0 when none)."""
-        return float(self.total) / max(self.count, 1)
-
-
-def after_step(run: Run, result: StepResult, finite: bool, tally: EpochTally, bar: tqdm) -> None:
-    """Apply the update when every process saw a finite loss (else skip it), advance, log.
-
-    Raises:
-        TrainingError: ``train.max_bad_steps`` consecutive skipped steps.
-    """
-    if finite:
-        run.optimizer.step()  # a non-finite loss never reaches the weights
-        if run.ema is not None:
-            update_ema(run.ema, run.flow, ema_decay(run.step, run.config.optim.ema_decay))
-        run.bad_steps = 0
-    else:
-        run.optimizer.zero_grad(set_to_none=True)
-        run.bad_steps += 1
-        message = (
-            f"step {run.step}: non-finite loss {result.loss.item():.4g} or gradient norm "
-            f"{result.grad_norm.item():.4g}; update skipped, weights unchanged"
-        )
-        if run.master:
-            tqdm.write(message)
-        if run.bad_steps >= run.config.train.max_bad_steps:
-            raise TrainingError(
-                f"{message}. {run.bad_steps} consecutive bad steps: stopping. Lower optim.lr or raise "
-                f"optim.warmup_steps; last good checkpoint: {run.last_path}"
-            )
-    run.batch_in_epoch += 1
-    run.step += 1
-    if not finite:
-        return
-    tally.add(result.nll_bpd)
-    bar.update(1)
-    if run.step % run.config.train.log_every == 0:
-        loss, nll_bpd, grad_norm = torch.stack([result.loss, result.nll_bpd, result.grad_norm.float()]).tolist()
-        bar.set_postfix(loss=f"{loss:.4f}", bpd=f"{nll_bpd:.4f}")
-        run.metrics.write(
-            kind="train", step=run.step, epoch=run.epoch, loss=loss, train_bpd=nll_bpd, lr=result.lr,
-            grad_norm=grad_norm,
-        )  # fmt: skip
-
-
 def interrupt(run: Run) -> None:
     """Save the position mid-epoch and stop (every process agreed to).
 
@@ -401,7 +484,7 @@ def interrupt(run: Run) -> None:
     """
     if run.master:
         save_checkpoint(run.last_path, run.checkpoint())
-    if run.world_size > 1:
+    if run.distributed:
         dist.barrier()  # no rank leaves while rank 0 still writes
     raise Interrupted(
         f"interrupted at epoch {run.epoch + 1}, batch {run.batch_in_epoch}/{run.batches_per_epoch}; "
@@ -409,16 +492,20 @@ def interrupt(run: Run) -> None:
     )
 
 
-def end_of_epoch(run: Run, tally: EpochTally) -> None:
-    """Validation by the standard bits/dim, samples, checkpoints (rank 0 writes)."""
+def end_of_epoch(run: Run) -> None:
+    """Validation by the standard bits/dim, samples, checkpoints (rank 0 writes).
+
+    The epoch's training figure is the ledger's, read at the epoch's last step (:func:`at_read_point`).
+    """
     run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+    train_bpd, run.epoch_bpd, run.epoch_steps = run.epoch_bpd, None, 0
     if run.master:
         eval_flow = run.ema if run.ema is not None else run.flow
         val = validate(run, eval_flow)
         record = dict(
             kind="epoch", epoch=run.epoch, step=run.step, val_bpd=val["bits_per_dim"], val_nll_nats=val["nll_nats"],
-            train_bpd=tally.mean() if tally.count else None, elapsed_s=run.elapsed(),
-            lr=get_lr(run.step - 1, run.config, run.total_steps),
+            train_bpd=train_bpd, elapsed_s=run.elapsed(),
+            lr=get_lr(run.step - 1, run.config, run.total_steps) * run.lr_scale, global_batch=run.global_batch,
         )  # fmt: skip
         if run.ema is not None:  # both, so a lagging or broken average shows (the better one is exported)
             record["raw_val_bpd"] = validate(run, run.flow)["bits_per_dim"]
@@ -426,7 +513,7 @@ def end_of_epoch(run: Run, tally: EpochTally) -> None:
         is_best = best < run.best_val_bpd
         run.best_val_bpd = min(run.best_val_bpd, best)
         run.metrics.write(**record)
-        train = f"train {record['train_bpd']:.4f}" if tally.count else "train (no steps since resuming)"
+        train = f"train {train_bpd:.4f}" if train_bpd is not None else "train (no steps since resuming)"
         raw = f", raw weights {record['raw_val_bpd']:.4f}" if "raw_val_bpd" in record else ""
         print(
             f"epoch {run.epoch}/{run.config.train.epochs}: {train} bits/dim, val {val['bits_per_dim']:.4f} "
@@ -441,7 +528,7 @@ def end_of_epoch(run: Run, tally: EpochTally) -> None:
         save_checkpoint(run.last_path, checkpoint)
         if is_best:
             save_checkpoint(run.best_path, checkpoint)
-    if run.world_size > 1:
+    if run.distributed:
         dist.barrier()
 
 
@@ -455,7 +542,7 @@ def validate(run: Run, flow: Flow) -> dict[str, float]:
 def finish(run: Run) -> None:
     """Flush the metrics; leave the process group once every rank is done."""
     run.metrics.close()
-    if run.world_size > 1:
+    if run.distributed:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -19,12 +19,15 @@ from service.api.anomaly_schemas import AnomalyRequest
 from service.api.inputs import files_to_tensor, images_to_tensor, inputs_to_tensor
 from service.api.schemas import InputsRequest
 from service.core.config import Settings
-from service.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError
+from service.core.errors import ForbiddenError, InvalidInputError, PayloadTooLargeError, UnauthorizedError
 from service.core.metrics import Metrics
 from service.engine.registry import ModelRegistry, ServedModel
 from service.scoring.drift import DriftMonitor
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API_KEY>` when API_KEY is set.")
+_admin_bearer = HTTPBearer(
+    auto_error=False, scheme_name="AdminBearer", description="`Authorization: Bearer <ADMIN_API_KEY>`."
+)
 
 
 @dataclass(eq=False)
@@ -47,15 +50,20 @@ class ServiceContext:
         settings = self.settings
         self.drift = DriftMonitor(settings.drift_window, settings.drift_horizon_s, settings.anomaly_fpr, self.metrics)
 
-    def model(self, request: Request, name: str | None) -> ServedModel:
-        """The ready model a request means (see ``ModelRegistry.get``), recorded for the request metrics.
+    def model(self, request: Request, name: str | None, version: str | None = None) -> ServedModel:
+        """The ready version a request means (see ``ModelRegistry.get``), recorded for the request metrics.
 
-        Its drift window is made here on first use, so every route that scores it feeds the window.
+        The request holds it until its response is sent (``RequestMetrics`` releases the lease), so a version
+        replaced or removed meanwhile finishes the request before it is dropped. Its drift window is made here
+        on first use, so every route that scores it feeds the window; the drift gauges show the version that
+        answers unpinned requests.
         """
         assert self.registry is not None, "the lifespan sets the registry before serving"
-        served = self.registry.get(name)
+        served = self.registry.get(name, version)
+        served.acquire()
+        request.state.leases = [*getattr(request.state, "leases", ()), served]
         request.state.model = served.name
-        self.drift.attach(served.name, served.references)
+        self.drift.attach(served.name, served.references, publish=self.registry.is_default(served))
         return served
 
     def deadline(self) -> float:
@@ -86,6 +94,31 @@ async def require_api_key(
         raise UnauthorizedError("expected header 'Authorization: Bearer <API_KEY>', got no bearer token")
     if not hmac.compare_digest(credentials.credentials.encode(), api_key.get_secret_value().encode()):
         raise UnauthorizedError("expected the configured API key as bearer token, got another key")
+
+
+async def require_admin_key(
+    context: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
+) -> None:
+    """Check ``Authorization: Bearer <ADMIN_API_KEY>`` in constant time; the admin routes are off without the key.
+
+    Raises:
+        ForbiddenError: ``ADMIN_API_KEY`` is unset (403, whatever the request carries), or the token presented is
+            the ``API_KEY`` (a client of the models, not an administrator).
+        UnauthorizedError: the header is missing, not a bearer token, or any other key (401).
+    """
+    settings = context.settings
+    if settings.admin_api_key is None:
+        raise ForbiddenError("admin routes are off: expected ADMIN_API_KEY to be set on the server, got it unset")
+    if credentials is None:
+        raise UnauthorizedError("expected header 'Authorization: Bearer <ADMIN_API_KEY>', got no bearer token")
+    presented, api_key = credentials.credentials.encode(), settings.api_key
+    is_admin = hmac.compare_digest(presented, settings.admin_api_key.get_secret_value().encode())
+    is_client = api_key is not None and hmac.compare_digest(presented, api_key.get_secret_value().encode())
+    if is_admin:
+        return
+    if is_client:
+        raise ForbiddenError("expected the admin key (ADMIN_API_KEY) as bearer token, got the API key")
+    raise UnauthorizedError("expected the configured admin key as bearer token, got another key")
 
 
 @dataclass

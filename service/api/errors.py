@@ -19,6 +19,8 @@ from starlette.requests import ClientDisconnect
 
 from service.core.errors import (
     DeadlineExceededError,
+    DeviceOutOfMemoryError,
+    ForbiddenError,
     InferenceFailedError,
     InvalidInputError,
     ModelNotFoundError,
@@ -42,7 +44,9 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     ModelNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnauthorizedError: 401,
+    ForbiddenError: 403,
     UnavailableError: 503,
+    DeviceOutOfMemoryError: 503,
     DeadlineExceededError: 504,
     InferenceFailedError: 500,
     ReferenceMissingError: 409,

@@ -10,6 +10,7 @@ import torch
 from artifact.card import ModelCard
 from service.core.errors import InvalidInputError, PayloadTooLargeError
 from service.engine.codec import decode_base64, decode_image
+from service.engine.precision import BF16, bf16_offered
 
 
 def check_count(what: str, count: int, limit: int) -> None:
@@ -155,3 +156,19 @@ def require_image_model(card: ModelCard, what: str) -> None:
     """Raise 422 when an image-only feature is used with a vector model."""
     if not card.is_image:
         raise InvalidInputError(f"{what}: expected an image model, got {card.name!r} with data_kind 'vector'")
+
+
+def require_precision(precision: str, allow_bf16: str, device: torch.device) -> None:
+    """Refuse ``bf16`` where ``ALLOW_BF16`` does not offer it on ``device`` (``fp32`` is always offered).
+
+    Raises:
+        InvalidInputError: ``bf16`` asked for where it is off (422).
+    """
+    if precision != BF16 or bf16_offered(allow_bf16, device):
+        return
+    why = (
+        "ALLOW_BF16 is false"
+        if allow_bf16 == "false"
+        else f"{device.type} here has no native bfloat16, so bf16 would be slower than fp32; ALLOW_BF16=true allows it"
+    )
+    raise InvalidInputError(f"precision: expected 'fp32' on this server (bf16 is off: {why}), got 'bf16'")

@@ -75,7 +75,9 @@ class RequestMetrics:
     """Count every HTTP request by endpoint (route template), model and status, and time it.
 
     Routes record the model they served in ``request.state.model`` (only names of served models, so clients
-    cannot grow the label set).
+    cannot grow the label set). Once the response is sent it releases the model versions the request held
+    (``request.state.leases``, taken by ``ServiceContext.model``): this is the outermost layer, so every request,
+    answered or failed or abandoned, passes here exactly once.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -104,6 +106,8 @@ class RequestMetrics:
         finally:
             model = state.get("model", "") if isinstance(state, dict) else ""
             self.metrics.requests.labels(endpoint=_endpoint(scope), model=model, status=str(status)).inc()
+            for served in state.get("leases", ()) if isinstance(state, dict) else ():
+                served.release()  # the model version may now drain, if a reload replaced or removed it
 
 
 def _endpoint(scope: Scope) -> str:

@@ -5,9 +5,9 @@ Limits that depend on settings (``MAX_SAMPLES``) are checked by the service and 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A 28x28 8-bit grayscale PNG (an "X"), valid input for the bundled mnist model.
 EXAMPLE_PNG = (
@@ -17,6 +17,15 @@ EXAMPLE_PNG = (
 MAX_SEED = 2**63 - 1
 
 OutputFormat = Literal["array", "png"]
+# The engine's precisions (service.engine.precision), spelled out here so the schemas stay free of torch.
+Precision = Literal["fp32", "bf16"]
+DECODE_ROUTES = "/sample, /sample.png, /decode and /interpolate"
+PRECISION_DESCRIPTION = (
+    "`fp32` (default): exact float32. `bf16`: the decode runs under bfloat16 autocast (convolutions and matrix "
+    "products in bfloat16, the rest mostly float32), meant for GPUs and CPUs with native bfloat16; pixels off by "
+    "~0.3 on average but by tens at worst (docs/service.md#precision). Offered where ALLOW_BF16 allows (by "
+    "default only on devices with native bfloat16; elsewhere 422). Never batched with fp32 requests."
+)
 
 
 def _model_field() -> Any:
@@ -45,6 +54,7 @@ class SampleRequest(_Request):
         default=None, ge=0, le=MAX_SEED, description="Same seed, same samples, whatever else the server does."
     )
     format: OutputFormat = Field(default="array", description="`array` (numbers) or `png` (image models).")
+    precision: Precision = Field(default="fp32", description=PRECISION_DESCRIPTION)
 
 
 class InputsRequest(_Request):
@@ -68,6 +78,22 @@ class InputsRequest(_Request):
     images: list[str] | None = Field(
         default=None, min_length=1, description="Base64 PNG/JPEG images of the card's size and mode."
     )
+    # Precisions this request may ask for. Scores and latents are exact float32 only: bfloat16 would move a
+    # log-likelihood by whole nats, beyond what the card's reference scores and p-values allow.
+    offered_precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    precision: Literal["fp32"] = Field(
+        default="fp32", description=f"Always `fp32`: scores and latents are exact (`bf16` is for {DECODE_ROUTES})."
+    )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_is_offered(cls, value: object) -> object:
+        if value in ("fp32", "bf16") and value not in cls.offered_precisions:
+            raise ValueError(
+                f"expected 'fp32' (scores and latents are computed in exact float32 only; 'bf16' is "
+                f"offered by {DECODE_ROUTES}), got {value!r}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> InputsRequest:
@@ -87,6 +113,7 @@ class DecodeRequest(_Request):
     model: str | None = _model_field()
     latents: list[list[float]] = Field(min_length=1, description="`[N, D]` latent vectors.")
     format: OutputFormat = "array"
+    precision: Precision = Field(default="fp32", description=PRECISION_DESCRIPTION)
 
 
 class InterpolateRequest(InputsRequest):
@@ -114,6 +141,11 @@ class InterpolateRequest(InputsRequest):
         "over 4 items.",
     )
     format: OutputFormat = "array"
+    offered_precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")
+    precision: Precision = Field(  # type: ignore[assignment]
+        default="fp32",
+        description="Precision of the decode; the items are always encoded in exact fp32. " + PRECISION_DESCRIPTION,
+    )
 
 
 class SamplesResponse(BaseModel):

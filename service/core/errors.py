@@ -35,6 +35,10 @@ class UnauthorizedError(ServiceError):
     """``API_KEY`` is set and the request's bearer token is missing or wrong."""
 
 
+class ForbiddenError(ServiceError):
+    """The route is off (``ADMIN_API_KEY`` unset), or the key presented may not use it (``API_KEY`` on admin routes)."""
+
+
 class UnavailableError(ServiceError):
     """The service cannot take the request now (queue full, model loading, shutting down).
 
@@ -45,6 +49,13 @@ class UnavailableError(ServiceError):
     def __init__(self, detail: str, retry_after_s: int | None = 1) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class DeviceOutOfMemoryError(UnavailableError):
+    """The device ran out of memory even for a single item, after the batch was split down to one item per pass.
+
+    The service stays ready: a later try, or the same request once other work has finished, may fit.
+    """
 
 
 class DeadlineExceededError(ServiceError):

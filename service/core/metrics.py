@@ -17,10 +17,14 @@ class Metrics:
         queue_wait: seconds a request chunk spent queued before its batch started, by model.
         batch_size: samples per executed batch, by model and direction (``encode``/``decode``).
         inference_time: seconds per executed batch on the device, by model and operation (direction).
+        device_out_of_memory: device out-of-memory errors by model and outcome: ``split`` (a batch halved and
+            retried), ``refused`` (a single item did not fit: its requests got 503).
         queue_depth: samples admitted and not yet on the device, by model.
         samples_generated: samples returned by ``/sample`` and ``/sample.png``, by model.
         model_info: 1 per loaded model, labelled with its card's identity.
         model_ready: 1 when the model is verified and warmed up, else 0.
+        model_reloads: versions that began to serve (``added``, ``replaced``), folders ``removed``, and new
+            artifacts refused (``failed``: checksum, contract, warm-up, a symlink out of ``MODEL_DIR``), by model.
         drift_items: items in the model's drift window (read from the window at each scrape, like the three below).
         drift_p_value: the window's typicality p-value against the card's reference scores.
         drift_bits_per_dim: the window's mean bits/dim.
@@ -63,6 +67,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.device_out_of_memory = Counter(
+            "realnvp_device_out_of_memory_total",
+            "Device out-of-memory errors: batches split and retried (split), single items refused with 503 (refused).",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "realnvp_queue_depth_samples",
             "Samples admitted and not yet handed to the device.",
@@ -87,6 +97,16 @@ class Metrics:
             ("model",),
             registry=self.registry,
         )
+        self.model_reloads = Counter(
+            "realnvp_model_reloads_total",
+            "Model folders loaded, replaced, removed or refused (by start-up, polling or POST /admin/reload).",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
+        self._add_drift_gauges()
+
+    def _add_drift_gauges(self) -> None:
+        # a method of its own: __init__ stays under the 80-line limit of tests/test_architecture.py
         drift = ("model",)
         self.drift_items = Gauge(
             "realnvp_drift_window_items", "Items in the drift window.", drift, registry=self.registry

@@ -4,6 +4,9 @@ Directions: ``encode`` batches serve log-likelihood, encode and the first half o
 batches serve sampling, decode and the second half of interpolation. For image models every encode-direction
 item is the 8-bit image moved to its bin centre (``x + 0.5``, docs/artifact.md), so ``/encode`` returns exactly
 the latents and log-determinants that ``/log-likelihood`` scores: ``log_likelihood = log N(z) + log_det``.
+
+Precision: the decode direction takes ``precision`` (``fp32`` exact, ``bf16`` autocast; ``service.engine.precision``);
+the encode direction, and with it every score, is always float32.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from service.core.errors import InferenceFailedError, InvalidInputError
 from service.engine.codec import to_uint8
 from service.engine.interpolation import linear_path, manifold_grid, slerp_path
+from service.engine.precision import FP32
 from service.engine.registry import DECODE, ENCODE, ServedModel
 from service.engine.runner import ModelRunner
 
@@ -119,33 +123,39 @@ async def dequantized_log_likelihood(
     return nats, runner.bits_per_dim(nats)
 
 
-async def decode(served: ServedModel, z: torch.Tensor, deadline: float, exclusive: bool = False) -> torch.Tensor:
-    """Latents ``(N, D)`` → client-ready data ``(N, *shape)`` (``exclusive``: see ``Batcher.submit``)."""
+async def decode(
+    served: ServedModel, z: torch.Tensor, deadline: float, exclusive: bool = False, precision: str = FP32
+) -> torch.Tensor:
+    """Latents ``(N, D)`` → client-ready data ``(N, *shape)`` (``exclusive``, ``precision``: see ``Batcher.submit``)."""
     runner = _runner(served)
-    (decoded,) = await served.batcher.submit(DECODE, z, deadline, exclusive)  # type: ignore[union-attr]
+    (decoded,) = await served.batcher.submit(DECODE, z, deadline, exclusive, precision)  # type: ignore[union-attr]
     return finish_decoded(runner, decoded)
 
 
-async def sample(served: ServedModel, n: int, temperature: float, seed: int | None, deadline: float) -> torch.Tensor:
-    """``n`` samples ``decode(temperature * randn(n, D))``.
+async def sample(
+    served: ServedModel, n: int, temperature: float, seed: int | None, deadline: float, precision: str = FP32
+) -> torch.Tensor:
+    """``n`` samples ``decode(temperature * randn(n, D))`` at ``precision``.
 
     A seeded request is decoded in batches of its own, so the same request gives bit-identical samples
-    whatever else the server is doing; unseeded requests share batches.
+    whatever else the server is doing (at either precision); unseeded requests share batches of their precision.
 
     Raises:
         InferenceFailedError: the model decoded the drawn latents to NaN (500: the server's fault, not the input's).
     """
     z = draw_latents(_runner(served).dimension, n, temperature, seed)
     try:
-        return await decode(served, z, deadline, exclusive=seed is not None)
+        return await decode(served, z, deadline, exclusive=seed is not None, precision=precision)
     except InvalidInputError as exc:  # the latents were drawn here: a non-finite decoding is the model's fault
         raise InferenceFailedError(
             f"model {served.name!r}: expected a finite decoding of the drawn latents, got non-finite outputs"
         ) from exc
 
 
-async def interpolate(served: ServedModel, x: torch.Tensor, steps: int, method: str, deadline: float) -> torch.Tensor:
-    """Encode the items, walk between their latents, decode the path.
+async def interpolate(
+    served: ServedModel, x: torch.Tensor, steps: int, method: str, deadline: float, precision: str = FP32
+) -> torch.Tensor:
+    """Encode the items (exact fp32), walk between their latents, decode the path at ``precision``.
 
     Returns:
         ``(steps, *shape)`` for ``linear``/``slerp``; ``(steps, steps, *shape)`` for ``manifold``.
@@ -160,6 +170,7 @@ async def interpolate(served: ServedModel, x: torch.Tensor, steps: int, method: 
     z, _ = await encode(served, x, deadline)
     if method == "manifold":
         latents = manifold_grid(z, steps).reshape(steps * steps, runner.dimension)
-        return (await decode(served, latents, deadline)).reshape(steps, steps, *runner.item_shape)
+        decoded = await decode(served, latents, deadline, precision=precision)
+        return decoded.reshape(steps, steps, *runner.item_shape)
     path = linear_path(z[0], z[1], steps) if method == "linear" else slerp_path(z[0], z[1], steps)
-    return await decode(served, path, deadline)
+    return await decode(served, path, deadline, precision=precision)

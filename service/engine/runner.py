@@ -8,6 +8,11 @@ be computed by different kernels depending on the batch sizes served before (bit
 seeded reproducibility) and the first calls at each new batch size are slow. ``torch.jit.freeze`` has already
 optimised the exported graph, so calls run it as-is (``torch.jit.optimized_execution(False)``, a thread-local
 switch).
+
+On CUDA (docs/service.md): batches are padded up to the warmed shape buckets (``service.engine.buckets``), and
+host ↔ device copies go through pinned host memory with non-blocking copies (the device copy is queued on the
+stream with the forward pass; the host waits once, for the result). On CPU none of that applies and tensors go
+straight through.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from artifact import (
     bits_per_dim,
     read_card,
 )
+from service.engine.buckets import bucket_for, pad_rows
+from service.engine.precision import FP32, precision_scope
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ class ModelRunner:
         module: the loaded TorchScript module, on ``device``.
         device: where the module runs.
         module_path: the ``model.ts`` it was loaded from (named in errors).
+        pad_to_warmed_sizes: whether ``warm_up`` makes its batch sizes the shape buckets (true on CUDA).
+        buckets: batch sizes ``encode``/``decode`` pad their inputs up to (empty: no padding).
     """
 
     name: str
@@ -79,6 +88,8 @@ class ModelRunner:
     module: torch.jit.ScriptModule
     device: torch.device
     module_path: Path
+    pad_to_warmed_sizes: bool = False
+    buckets: tuple[int, ...] = ()
 
     @classmethod
     def load(cls, directory: Path, device: torch.device) -> ModelRunner:
@@ -106,7 +117,14 @@ class ModelRunner:
                 f"{module_path}: expected methods {list(REQUIRED_METHODS)}, got a module without {missing}"
             )
         module.eval()
-        return cls(name=directory.name, card=card, module=module, device=device, module_path=module_path)
+        return cls(
+            name=directory.name,
+            card=card,
+            module=module,
+            device=device,
+            module_path=module_path,
+            pad_to_warmed_sizes=device.type == "cuda",
+        )
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -119,21 +137,36 @@ class ModelRunner:
         return self.card.dimension
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data ``(B, *shape)`` → ``(z (B, D), log_det (B,))``, on CPU, float32."""
+        """Data ``(B, *shape)`` → ``(z (B, D), log_det (B,))``, on CPU, float32 (always: scores are exact)."""
+        rows = x.shape[0]
         with torch.jit.optimized_execution(False):
-            z, log_det = self.module.encode(self._to_device(x))
-        return _to_cpu(z), _to_cpu(log_det)
+            z, log_det = self.module.encode(self._to_device(pad_rows(x, bucket_for(rows, self.buckets))))
+        return _to_host(_first_rows(z, rows)), _to_host(_first_rows(log_det, rows))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent ``(B, D)`` → data ``(B, *shape)`` in the module's continuous data space, on CPU."""
-        with torch.jit.optimized_execution(False):
-            return _to_cpu(self.module.decode(self._to_device(z)))
+    def decode(self, z: torch.Tensor, precision: str = FP32) -> torch.Tensor:
+        """Latent ``(B, D)`` → data ``(B, *shape)`` in the module's continuous data space, on CPU, float32.
+
+        Args:
+            z: latents ``(B, D)``.
+            precision: ``fp32`` (exact) or ``bf16`` (autocast, see ``service.engine.precision``).
+        """
+        rows = z.shape[0]
+        with torch.jit.optimized_execution(False), precision_scope(precision, self.device):
+            decoded = self.module.decode(self._to_device(pad_rows(z, bucket_for(rows, self.buckets))))
+        return _to_host(_first_rows(decoded, rows))
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         # Every torch call from Python drops and retakes the GIL; on the device thread each retake can wait a
         # whole switch interval for the busy event loop, so calls that would be no-ops are skipped.
         if x.device == self.device and x.dtype == torch.float32:
             return x
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            # Pageable memory would be staged through a driver buffer synchronously; a pinned copy is one DMA,
+            # queued on the stream ahead of the forward pass. The caching host allocator keeps the block until
+            # the copy has run.
+            staging = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
+            staging.copy_(x)
+            return staging.to(self.device, non_blocking=True)
         return x.to(self.device, torch.float32)
 
     def reference_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +201,9 @@ class ModelRunner:
 
         The first calls allocate the kernels' workspaces, so real traffic does not pay for them.
 
+        When ``pad_to_warmed_sizes`` is set (CUDA), the warmed sizes become the shape buckets afterwards: every
+        later batch runs at one of these shapes.
+
         Raises:
             ArtifactError: a method fails, returns the wrong shape, non-finite values, or a ``log_prob`` that
                 disagrees with ``log N(encode(x).z) + log_det``.
@@ -182,6 +218,8 @@ class ModelRunner:
             raise ArtifactError(f"{where}: {exc}") from exc
         except Exception as exc:
             raise ArtifactError(f"{where}: warm-up call failed: {type(exc).__name__}: {exc}") from exc
+        if self.pad_to_warmed_sizes:
+            self.buckets = tuple(sorted(set(batch_sizes)))
 
     def _check_once(self, batch_size: int) -> None:
         x = self.example_batch(batch_size)
@@ -210,8 +248,22 @@ class ModelRunner:
             )
 
 
-def _to_cpu(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as a float32 CPU tensor, without a torch call when it already is one (see ``_to_device``)."""
+def _first_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first ``rows`` rows of ``x`` (the padding dropped on the device), ``x`` itself when unpadded."""
+    return x if x.shape[0] == rows else x[:rows]
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float32 CPU tensor, without a torch call when it already is one (see ``_to_device``).
+
+    From CUDA the copy lands in pinned memory without blocking, and the host waits for the stream once; the
+    result is a fresh tensor, so the next batch never overwrites rows a request still holds.
+    """
     if x.device.type == "cpu" and x.dtype == torch.float32:
         return x
+    if x.device.type == "cuda":
+        host = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(x, non_blocking=True)
+        torch.cuda.current_stream(x.device).synchronize()
+        return host
     return x.to("cpu", torch.float32)

@@ -18,6 +18,7 @@ marginal guarantee as the conformal p-values of ``artifact.scores``: for one fix
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -171,17 +172,44 @@ class DriftMonitor:
 
     def __init__(self, capacity: int, horizon_s: float, fpr: float, metrics: Metrics) -> None:
         self.capacity, self.horizon_s, self.fpr, self.metrics = capacity, horizon_s, fpr, metrics
+        self._published: dict[str, DriftWindow] = {}  # model name → the window its gauges read
 
-    def attach(self, name: str, references: References | None) -> DriftWindow | None:
-        """The window of model ``name`` (made on first use), or None when its card has no reference scores."""
+    def attach(self, name: str, references: References | None, publish: bool = True) -> DriftWindow | None:
+        """The window of model ``name`` (made on first use), or None when its card has no reference scores.
+
+        Args:
+            name: the model's name, the gauges' label.
+            references: those of the version a request uses.
+            publish: point the model's gauges at this window (the version answering unpinned requests); a
+                pinned older version keeps a window of its own that the gauges do not show.
+        """
         if references is None or references.bits_per_dim.size < 2:
             return None
         if references.drift is None:
-            window = DriftWindow(references.bits_per_dim, self.capacity, self.horizon_s, self.fpr)
-            references.drift = window
+            references.drift = DriftWindow(references.bits_per_dim, self.capacity, self.horizon_s, self.fpr)
+        window = references.drift
+        if publish and self._published.get(name) is not window:
+            self._published[name] = window
             # read at scrape time: the p-value is only computed when someone looks
             self.metrics.drift_items.labels(model=name).set_function(lambda: window.snapshot().items)
             self.metrics.drift_p_value.labels(model=name).set_function(lambda: window.snapshot().p_value)
             self.metrics.drift_bits_per_dim.labels(model=name).set_function(lambda: window.snapshot().mean_bits_per_dim)
             self.metrics.drift_flag_rate.labels(model=name).set_function(lambda: window.snapshot().flag_rate)
-        return references.drift
+        return window
+
+    def forget(self, name: str) -> None:
+        """Drop model ``name``'s gauges: the model was removed, or another version now answers it.
+
+        A replacement's window is published on its first use; until then the model has no drift series (rather
+        than the old version's figures under the model's name).
+        """
+        if self._published.pop(name, None) is None:
+            return
+        for gauge in (
+            self.metrics.drift_items,
+            self.metrics.drift_p_value,
+            self.metrics.drift_bits_per_dim,
+            self.metrics.drift_flag_rate,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)

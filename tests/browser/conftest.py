@@ -93,7 +93,7 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def keyed_service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service with ``API_KEY`` set, over the bundled moons model alone (it loads in a moment)."""
     store = tmp_path_factory.mktemp("moons_only")
-    (store / "moons").symlink_to(BUNDLED_MODEL_DIR / "moons", target_is_directory=True)
+    shutil.copytree(BUNDLED_MODEL_DIR / "moons", store / "moons")  # a link would point out of MODEL_DIR: refused
     log = tmp_path_factory.mktemp("keyed_service") / "service.log"
     with spawn_server(store, log, env={**SERVER_ENV, "API_KEY": API_KEY}) as (_, base_url):
         yield base_url

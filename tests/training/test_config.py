@@ -69,6 +69,7 @@ def test_config_is_frozen_and_round_trips_through_plain_dicts():
         ('model.type="Glow"', "expected one of RealNVP, NVPNet, PiecewiseLinearFlow for model.type, got 'Glow'"),
         ("model.xmin=5", "expected model.xmin < model.xmax, got 5.0 >= 4.0"),
         ('train.device="tpu"', "expected auto, cpu, cuda or cuda:N for train.device, got 'tpu'"),
+        ('optim.lr_scaling="cubic"', "expected one of none, linear, sqrt for optim.lr_scaling, got 'cubic'"),
         ('data.name="array"', "data.name = 'array' needs data.path"),
         ("data=3", "expected a table for data, got 3"),
         ("epochs", "expected an override of the form section.key=value, got 'epochs'"),

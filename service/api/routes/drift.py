@@ -32,8 +32,8 @@ async def model_drift(name: str, request: Request, context: ContextDep) -> Drift
     Fed by `/log-likelihood`, `/anomaly` and `/v2/models/{name}/infer`; items older than `DRIFT_HORIZON_S` leave.
     A 409 for a card without reference scores (nothing to compare with).
     """
-    served = context.model(request, name)
-    window = context.drift.attach(served.name, served.references)
+    served = context.model(request, name)  # made the window when the card has reference scores
+    window = served.references.drift if served.references is not None else None
     if window is None:
         raise ReferenceMissingError(
             f"drift: expected a card with reference scores to compare with, got model {served.name!r} without them"

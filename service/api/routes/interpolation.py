@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import ContextDep
-from service.api.inputs import check_count, images_to_tensor, inputs_to_tensor, require_image_model
+from service.api.inputs import (
+    check_count,
+    images_to_tensor,
+    inputs_to_tensor,
+    require_image_model,
+    require_precision,
+)
 from service.api.render import decoded_response
 from service.api.schemas import ImagesResponse, InterpolateRequest, SamplesResponse, error_responses
 from service.engine import inference
@@ -32,11 +38,12 @@ async def interpolate(body: InterpolateRequest, request: Request, context: Conte
         require_image_model(card, "format 'png'")
     frames = body.steps * body.steps if body.method == "manifold" else body.steps
     check_count("steps x steps" if body.method == "manifold" else "steps", frames, settings.max_samples)
+    require_precision(body.precision, settings.allow_bf16, served.runner.device)  # type: ignore[union-attr]
     limit = settings.max_samples
     x = (
         images_to_tensor(card, body.images, limit)
         if body.images is not None
         else inputs_to_tensor(card, body.inputs or [], limit)
     )
-    data = await inference.interpolate(served, x, body.steps, body.method, deadline)
+    data = await inference.interpolate(served, x, body.steps, body.method, deadline, body.precision)
     return decoded_response(served.name, data, body.format, len(card.shape))

@@ -7,9 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from service.api.deps import ContextDep
-from service.api.inputs import check_count, latents_to_tensor, require_image_model
+from service.api.inputs import check_count, latents_to_tensor, require_image_model, require_precision
 from service.api.render import PNG_MEDIA_TYPE, decoded_response, png_grid_response
-from service.api.schemas import MAX_SEED, DecodeRequest, ImagesResponse, SampleRequest, SamplesResponse, error_responses
+from service.api.schemas import (
+    MAX_SEED,
+    PRECISION_DESCRIPTION,
+    DecodeRequest,
+    ImagesResponse,
+    Precision,
+    SampleRequest,
+    SamplesResponse,
+    error_responses,
+)
 from service.engine import inference
 
 router = APIRouter(tags=["sampling"])
@@ -25,7 +34,8 @@ async def sample(body: SampleRequest, request: Request, context: ContextDep) -> 
     check_count("n", body.n, context.settings.max_samples)
     if body.format == "png":
         require_image_model(card, "format 'png'")
-    data = await inference.sample(served, body.n, body.temperature, body.seed, deadline)
+    require_precision(body.precision, context.settings.allow_bf16, served.runner.device)  # type: ignore[union-attr]
+    data = await inference.sample(served, body.n, body.temperature, body.seed, deadline, body.precision)
     context.metrics.samples_generated.labels(model=served.name).inc(body.n)
     return decoded_response(served.name, data, body.format, len(card.shape))
 
@@ -42,13 +52,15 @@ async def sample_png(
     n: Annotated[int, Query(ge=1, description="Samples in the grid, at most MAX_SAMPLES.", examples=[16])] = 16,
     temperature: Annotated[float, Query(gt=0, le=2, allow_inf_nan=False, examples=[0.8])] = 1.0,
     seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, examples=[7])] = None,
+    precision: Annotated[Precision, Query(description=PRECISION_DESCRIPTION)] = "fp32",
 ) -> Response:
     """One `image/png` grid of `n` samples, for browsers and curl (image models)."""
     deadline = context.deadline()
     served = context.model(request, model)
     check_count("n", n, context.settings.max_samples)
     require_image_model(served.card, "/sample.png")
-    data = await inference.sample(served, n, temperature, seed, deadline)
+    require_precision(precision, context.settings.allow_bf16, served.runner.device)  # type: ignore[union-attr]
+    data = await inference.sample(served, n, temperature, seed, deadline, precision)
     context.metrics.samples_generated.labels(model=served.name).inc(n)
     return png_grid_response(data)
 
@@ -61,6 +73,7 @@ async def decode(body: DecodeRequest, request: Request, context: ContextDep) -> 
     card = served.card
     if body.format == "png":
         require_image_model(card, "format 'png'")
+    require_precision(body.precision, context.settings.allow_bf16, served.runner.device)  # type: ignore[union-attr]
     z = latents_to_tensor(card, body.latents, context.settings.max_samples)
-    data = await inference.decode(served, z, deadline)
+    data = await inference.decode(served, z, deadline, precision=body.precision)
     return decoded_response(served.name, data, body.format, len(card.shape))

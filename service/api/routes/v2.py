@@ -33,7 +33,7 @@ from service.api.v2_schemas import (
     V2Error,
     v2_error_responses,
 )
-from service.core.errors import ModelNotFoundError, UnavailableError
+from service.core.errors import UnavailableError
 from service.engine import inference
 from service.engine.registry import ServedModel
 from service.scoring.references import References
@@ -73,15 +73,10 @@ def _served(context: ServiceContext, request: Request, name: str, version: str |
     """The ready model of a ``/v2/models/{name}[/versions/{version}]`` path.
 
     Raises:
-        ModelNotFoundError: no such model, or not that version (the versions that exist are named).
+        ModelNotFoundError: no such model, or no such version loaded (the loaded versions are named).
         UnavailableError: the model is loading or failed to load.
     """
-    served = context.model(request, name)
-    if version is not None and version != served.card.version:
-        raise ModelNotFoundError(
-            f"version: expected one of {[served.card.version]} for model {served.name!r}, got {version[:60]!r}"
-        )
-    return served
+    return context.model(request, name, version)
 
 
 def available_outputs(card: ModelCard, references: References | None) -> list[str]:
@@ -117,12 +112,13 @@ async def server_ready(context: ContextDep) -> Response:
 
 
 # ------------------------------------------------------------------------------------------------- models
-def _metadata(served: ServedModel) -> ModelMetadata:
+def _metadata(context: ServiceContext, served: ServedModel) -> ModelMetadata:
     card = served.card
     outputs = available_outputs(card, served.references)
+    assert context.registry is not None, "the lifespan sets the registry before serving"
     return ModelMetadata(
         name=served.name,
-        versions=[card.version],
+        versions=list(context.registry.versions.get(served.name, {})),
         platform=PLATFORM,
         inputs=[
             MetadataTensor(name=INPUT_NAME, datatype="UINT8" if card.is_image else "FP32", shape=[-1, *card.shape])
@@ -134,13 +130,13 @@ def _metadata(served: ServedModel) -> ModelMetadata:
 @router.get("/models/{name}", response_model=ModelMetadata, responses=v2_error_responses(401, 404, 503))
 async def model_metadata(name: str, request: Request, context: ContextDep) -> ModelMetadata:
     """Model metadata: the input (`input`, `[-1, *shape]`; images as UINT8) and the outputs per item."""
-    return _metadata(_served(context, request, name, None))
+    return _metadata(context, _served(context, request, name, None))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, include_in_schema=False)
 async def model_version_metadata(name: str, version: str, request: Request, context: ContextDep) -> ModelMetadata:
-    """Model metadata of one version (the served one; another version is 404)."""
-    return _metadata(_served(context, request, name, version))
+    """Model metadata of one loaded version (`versions` lists them all; one not loaded is 404)."""
+    return _metadata(context, _served(context, request, name, version))
 
 
 async def _model_ready(name: str, version: str | None, request: Request, context: ServiceContext) -> Response:
@@ -210,5 +206,5 @@ async def infer(name: str, request: Request, context: ContextDep) -> Response:
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferenceResponse, include_in_schema=False)
 async def infer_version(name: str, version: str, request: Request, context: ContextDep) -> Response:
-    """``infer`` on one version of a model (the served one; another version is 404)."""
+    """``infer`` on one loaded version of a model (one not loaded is 404, naming those that are)."""
     return await _infer(name, version, request, context)

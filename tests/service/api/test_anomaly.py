@@ -112,9 +112,10 @@ async def test_explain_returns_a_map_per_image(anomaly_client: httpx.AsyncClient
     body = (await post_anomaly(anomaly_client, model="digits", inputs=as_inputs(images), explain=True)).json()
     assert len(body["explanations"]) == 2 and len(body["explanation_scale"]) == 2
     runner = anomaly_client.app.state.context.registry.models["digits"].runner  # type: ignore[attr-defined]
-    x = (torch.from_numpy(images).float() + 0.5).requires_grad_(True)
+    x = (torch.from_numpy(images).float() + 0.5).to(runner.device).requires_grad_(True)
     z, log_det = runner.module.encode(x)
     (gradient,) = torch.autograd.grad((-0.5 * z.double().square().sum(1) + log_det.double()).sum(), x)
+    gradient = gradient.cpu()
     for index, (encoded, scale) in enumerate(zip(body["explanations"], body["explanation_scale"], strict=True)):
         with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
             assert image.size == (8, 8) and image.mode == "L"

@@ -38,7 +38,7 @@ class RecordingModule:
         self.encoded: list[torch.Tensor] = []
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.encoded.append(x.clone())
+        self.encoded.append(x.to("cpu", copy=True))  # the runner hands over device tensors (CUDA or CPU)
         return self.inner.encode(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,11 @@ async def test_a_rows_score_does_not_depend_on_its_batch(open_client) -> None:
         holds_busy_rows = (batch[:, None] == others[None]).flatten(2).all(2).any()
         assert len(batch) > 1 and holds_busy_rows, [len(b) for b in recorder.encoded]
     assert sum(len(b) for b in recorder.encoded) == 46
-    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    # CPU kernels here do not depend on the batch; cuDNN picks its algorithm per batch size, and those round
+    # differently (TF32 is off for scoring, so in float32): a relative tolerance there. A row scored with another
+    # row's data would be off by whole nats either way.
+    tolerance = {"rtol": 0, "atol": 1e-5} if runner.device.type == "cpu" else {"rtol": 1e-5, "atol": 1e-4}
+    np.testing.assert_allclose(batched, alone, **tolerance)
 
 
 async def test_seeded_samples_are_identical_under_load(open_client) -> None:

@@ -6,6 +6,7 @@ import base64
 import io
 import math
 import re
+import shutil
 
 import httpx
 import numpy as np
@@ -102,12 +103,13 @@ async def test_sample_png_grid(client: httpx.AsyncClient) -> None:
 
 async def test_log_likelihood_matches_the_module(client: httpx.AsyncClient) -> None:
     app = client.app  # type: ignore[attr-defined]
-    module = app.state.context.registry.models["digits"].runner.module
+    runner = app.state.context.registry.models["digits"].runner
     pixels = digit_images(3)
     response = await client.post("/log-likelihood", json={"model": "digits", "inputs": pixels[:, None].tolist()})
     assert response.status_code == 200
     body = response.json()
-    expected = module.log_prob(torch.tensor(pixels[:, None], dtype=torch.float32)).double()
+    x = torch.tensor(pixels[:, None], dtype=torch.float32, device=runner.device)  # where the module is (CUDA or CPU)
+    expected = runner.module.log_prob(x).cpu().double()
     np.testing.assert_allclose(body["log_likelihood"], expected.numpy(), rtol=1e-5)
     np.testing.assert_allclose(body["bits_per_dim"], -expected.numpy() / (64 * math.log(2)), rtol=1e-5)
 
@@ -222,7 +224,7 @@ async def test_model_may_be_omitted_with_one_model(open_client, store) -> None:
     single = store.parent / "single_store"
     if not single.exists():
         single.mkdir()
-        (single / "moons").symlink_to(store / "moons", target_is_directory=True)
+        shutil.copytree(store / "moons", single / "moons")  # a link would point out of MODEL_DIR: refused
     async with open_client(model_dir=single) as client:
         assert (await client.post("/encode", json={"inputs": [[0.0, 0.0]]})).json()["model"] == "moons"
         assert (await client.get("/sample.png", params={"n": 1})).status_code == 422  # vector model: no PNG
