@@ -22,7 +22,7 @@ import torch
 
 from training.checkpoint import build_flow
 from training.config import load_config
-from training.train import LogProbObjective
+from training.run import LogProbObjective
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}

@@ -10,7 +10,8 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.config import apply_overrides
-from training.train import fit, lr_scale
+from training.run import lr_scale
+from training.train import fit
 
 from .conftest import vector_config
 

@@ -16,7 +16,8 @@ from tqdm import tqdm
 from training import train
 from training.checkpoint import load_checkpoint
 from training.config import apply_overrides
-from training.train import LogProbObjective, fit
+from training.run import LogProbObjective
+from training.train import fit
 
 from .conftest import image_config
 

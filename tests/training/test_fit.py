@@ -11,7 +11,8 @@ import torch
 from training.checkpoint import CheckpointError, build_flow, load_checkpoint, load_flow
 from training.config import apply_overrides
 from training.evaluate import evaluate_checkpoint, held_out_log_likelihoods, log_likelihoods, summarize
-from training.train import LogProbObjective, TrainingError, fit
+from training.run import LogProbObjective
+from training.train import TrainingError, fit
 
 from .conftest import image_config, vector_config
 

@@ -14,12 +14,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from training import run as training_run
 from training import train
 from training.checkpoint import load_checkpoint
 from training.config import apply_overrides
 from training.ema import make_ema, update_ema
 from training.ledger import StepLedger
-from training.train import LogProbObjective, TrainingError, fit
+from training.run import LogProbObjective
+from training.train import TrainingError, fit
 
 from .conftest import vector_config
 
@@ -84,7 +86,7 @@ class DeviceReads(TorchDispatchMode):
 def test_a_fused_run_reads_the_device_once_per_log_interval_and_still_skips_non_finite_steps(
     tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(train, "make_optimizer", fused_adam)
+    monkeypatch.setattr(training_run, "make_optimizer", fused_adam)
     forward, calls = LogProbObjective.forward, {"n": 0}
 
     def nan_at_step_4(self, x, noise):
@@ -123,7 +125,7 @@ def test_a_fused_run_reads_the_device_once_per_log_interval_and_still_skips_non_
 
 
 def test_repeated_non_finite_steps_stop_at_the_next_read_with_nothing_applied(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "make_optimizer", fused_adam)
+    monkeypatch.setattr(training_run, "make_optimizer", fused_adam)
     forward = LogProbObjective.forward
     monkeypatch.setattr(LogProbObjective, "forward", lambda self, x, noise: forward(self, x, noise) * math.inf)
     config = vector_config(tmp_path, "train.log_every=3", "train.max_bad_steps=2")
@@ -143,6 +145,6 @@ def test_repeated_non_finite_steps_stop_at_the_next_read_with_nothing_applied(tm
         assert state["step"].item() == 0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
     untouched = apply_overrides(config, [f'out_dir="{tmp_path / "fresh"}"'])
     torch.manual_seed(untouched.seed)
-    fresh = train.build_flow(untouched.model, "vector", (2,))
+    fresh = training_run.build_flow(untouched.model, "vector", (2,))
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), run.flow.parameters(), strict=True))
     assert not (tmp_path / "run" / "last.pt").exists()
