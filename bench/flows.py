@@ -24,9 +24,13 @@ from models import RealNVP
 from models.export import to_torchscript
 
 
-def randomised_model() -> RealNVP:
+def randomised_model(in_channels: int = 1, image_size: int = 28) -> RealNVP:
+    """The paper's CIFAR-10 layout (2 scales, 64 features, 8 blocks) on ``in_channels × image_size²`` images.
+
+    Weights and batch-norm statistics are perturbed so that no coupling is the identity (a fresh flow's are).
+    """
     torch.manual_seed(0)
-    flow = RealNVP(in_channels=1, image_size=28, num_scales=2, mid_channels=64, num_blocks=8)
+    flow = RealNVP(in_channels=in_channels, image_size=image_size, num_scales=2, mid_channels=64, num_blocks=8)
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -31,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import artifact  # noqa: E402
+from bench.flows import randomised_model  # noqa: E402
 from models import RealNVP  # noqa: E402
 from models.export import to_torchscript  # noqa: E402
 from service.engine.inference import draw_latents, finish_decoded  # noqa: E402
@@ -45,15 +45,7 @@ from service.engine.runner import ModelRunner, resolve_device  # noqa: E402
 
 def paper_flow() -> RealNVP:
     """The CIFAR-10 configuration of Dinh et al. (2017), weights perturbed so no coupling is the identity."""
-    torch.manual_seed(0)
-    flow = RealNVP(in_channels=3, image_size=32, num_scales=2, mid_channels=64, num_blocks=8)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-        for m in flow.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 1.5)
-    return flow.eval()
+    return randomised_model(in_channels=3, image_size=32)
 
 
 def export_paper_model(directory: Path) -> Path:
