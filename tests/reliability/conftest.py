@@ -1,11 +1,13 @@
-"""Fixtures of the reliability tests: a faulty artifact (the good ones come from the root conftest)."""
+"""Fixtures of the reliability tests: a faulty artifact (good ones come from the root conftest), a key-compare spy."""
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 import pytest
 
+import service.api.deps
 from tests.reliability.faulty import write_faulty_artifact
 
 
@@ -15,3 +17,17 @@ def faulty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("faulty-store")
     write_faulty_artifact(root / "faulty")
     return root
+
+
+@pytest.fixture
+def key_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every ``(token, key)`` pair the service's bearer checks hand to ``hmac.compare_digest``, in order."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(service.api.deps.hmac, "compare_digest", spy)
+    return compared

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import service.api.deps
 from service.core.config import Settings
 from tests.support.helpers import metric_value
 from tests.support.inprocess import serve_in_process
@@ -61,15 +59,10 @@ async def test_admin_routes_need_their_own_key(store: Path) -> None:
         assert not any(ADMIN in body or CLIENT in body for body in bodies)
 
 
-async def test_the_admin_key_is_compared_in_constant_time(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    compared: list[tuple[bytes, bytes]] = []
-    real = hmac.compare_digest
-
-    def spy(a: bytes, b: bytes) -> bool:
-        compared.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(service.api.deps.hmac, "compare_digest", spy)
+async def test_the_admin_key_is_compared_in_constant_time(
+    store: Path, key_comparisons: list[tuple[bytes, bytes]]
+) -> None:
+    compared = key_comparisons
     async with serve_in_process(store, api_key=CLIENT, admin_api_key=ADMIN) as client:
         for token in ("x", ADMIN[:-1], CLIENT, ADMIN):
             await client.post(RELOAD, headers=bearer(token))
