@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig, apply_overrides
+from training.run import LogProbObjective
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,3 +145,15 @@ def run_cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def poison_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the training objective return NaN at ``step`` (0-based) only: one non-finite step to skip."""
+    forward, calls = LogProbObjective.forward, {"n": 0}
+
+    def nan_at_step(self: LogProbObjective, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        calls["n"] += 1
+        out = forward(self, x, noise)
+        return out * float("nan") if calls["n"] == step + 1 else out
+
+    monkeypatch.setattr(LogProbObjective, "forward", nan_at_step)

@@ -16,10 +16,9 @@ from tqdm import tqdm
 from training import train
 from training.checkpoint import load_checkpoint
 from training.config import apply_overrides
-from training.run import LogProbObjective
 from training.train import fit
 
-from .conftest import image_config
+from .conftest import image_config, poison_step
 
 pytestmark = pytest.mark.cuda
 
@@ -61,14 +60,7 @@ def test_steps_between_log_reads_never_synchronise_with_the_host(tmp_path):
 
 
 def test_a_non_finite_step_on_cuda_is_skipped_by_the_fused_kernel(tmp_path, monkeypatch, capsys):
-    forward, calls = LogProbObjective.forward, {"n": 0}
-
-    def nan_at_step_2(self, x, noise):
-        calls["n"] += 1
-        out = forward(self, x, noise)
-        return out * float("nan") if calls["n"] == 3 else out
-
-    monkeypatch.setattr(LogProbObjective, "forward", nan_at_step_2)
+    poison_step(monkeypatch, 2)
     fit(image_config(tmp_path, 'train.device="cuda"', "train.epochs=1", "train.log_every=5", "optim.ema_decay=0.9"))
     assert "step 2: non-finite loss nan" in capsys.readouterr().out
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -23,7 +23,7 @@ from training.ledger import StepLedger
 from training.run import LogProbObjective
 from training.train import TrainingError, fit
 
-from .conftest import vector_config
+from .conftest import poison_step, vector_config
 
 
 def fused_adam(flow, config, device):
@@ -87,14 +87,7 @@ def test_a_fused_run_reads_the_device_once_per_log_interval_and_still_skips_non_
     tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(training_run, "make_optimizer", fused_adam)
-    forward, calls = LogProbObjective.forward, {"n": 0}
-
-    def nan_at_step_4(self, x, noise):
-        calls["n"] += 1
-        out = forward(self, x, noise)
-        return out * float("nan") if calls["n"] == 5 else out
-
-    monkeypatch.setattr(LogProbObjective, "forward", nan_at_step_4)
+    poison_step(monkeypatch, 4)
     reads, lists, at_step = DeviceReads(), {"n": 0}, []
     tolist = torch.Tensor.tolist
 
