@@ -1,9 +1,9 @@
 """Turn a trained flow into a TorchScript module for serving (see ``docs/artifact.md``).
 
-Work is done once, never by changing the maths: weight normalisation is folded into plain convolution weights,
-the scripted module is ``torch.jit.freeze``-d so parameters become constants and each batch norm (eval mode,
-running statistics) is folded into the convolution before it, and convolution weights are stored channels-last,
-the layout oneDNN's CPU kernels run fastest (measured in ``bench/flows.py``).
+Work is done once, never by changing the maths: the scripted module is ``torch.jit.freeze``-d so parameters
+become constants and each batch norm (eval mode, running statistics) is folded into the convolution before it,
+and convolution weights are stored channels-last, the layout oneDNN's CPU kernels run fastest (measured in
+``bench/flows.py``).
 """
 
 import copy
@@ -13,19 +13,8 @@ import torch
 from torch import nn
 
 from models.flow import Flow
-from models.nets import WeightNormConv2d
 
 EXPORTED_METHODS = ["encode", "decode", "log_prob"]
-
-
-def fold_weight_norm(module: nn.Module) -> nn.Module:
-    """Replace every :class:`WeightNormConv2d` inside ``module`` by its plain-convolution equivalent (in place)."""
-    for name, child in module.named_children():
-        if isinstance(child, WeightNormConv2d):
-            setattr(module, name, child.fold())
-        else:
-            fold_weight_norm(child)
-    return module
 
 
 def script(module: nn.Module) -> torch.jit.ScriptModule:
@@ -46,7 +35,7 @@ def to_torchscript(flow: Flow, freeze: bool = True) -> torch.jit.ScriptModule:
         flow: any :class:`Flow` of this library.
         freeze: apply ``torch.jit.freeze`` (constant-folds the frozen weights).
     """
-    inference_flow = fold_weight_norm(copy.deepcopy(flow).float().cpu().eval())
+    inference_flow = copy.deepcopy(flow).float().cpu().eval()
     inference_flow = inference_flow.to(memory_format=torch.channels_last)
     for p in inference_flow.parameters():
         p.requires_grad_(False)

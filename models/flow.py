@@ -110,8 +110,13 @@ class Flow(nn.Module):
         return self.decode(temperature * z.to(param.device))
 
     def weight_norm_scales(self) -> list[nn.Parameter]:
-        """The weight-normalisation scales ``g``, for the paper's L2 penalty (5·10⁻⁵)."""
-        return [p for name, p in self.named_parameters() if name.endswith("weight_g")]
+        """The weights whose L2 norm the paper penalises (5·10⁻⁵): those of the ``s``/``t`` output convolutions.
+
+        The paper puts the penalty on the weight-norm scales ``g``; ``g`` is the per-channel norm of a weight-normed
+        convolution's weight, so ``Σ g²`` of the old weight-normed output convolution is ``Σ w²`` of the plain one
+        (``models/nets.py`` says why it is plain). Flows without such convolutions return ``[]``.
+        """
+        return [p for name, p in self.named_parameters() if name.endswith("out_conv.weight")]
 
     def num_parameters(self) -> int:
         """Number of trainable scalars."""

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
 from models import Flow
+from models.nets import LEGACY_OUT_CONV
 from training.checkpoint import Checkpoint, CheckpointError, build_flow, check_same_data, data_record, load_checkpoint
 from training.config import ConfigError, TrainConfig, config_to_dict
 from training.data import DataSplits, load_data
@@ -160,6 +161,9 @@ def setup_run(config: TrainConfig, resume: str | Path | None) -> Run:
     batches_per_epoch, sampler = _batching(config, len(train_items), rank, world_size)
     torch.manual_seed(config.seed)  # the architecture and its initial weights come from the config alone
     flow = build_flow(config.model, data.kind, data.shape).to(device)
+    if data.kind == "image":
+        # oneDNN's convolutions run channels-last fastest: a mnist step 0.62 s against 0.73 s on two threads.
+        flow = flow.to(memory_format=torch.channels_last)
     model: nn.Module = LogProbObjective(flow)
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -248,6 +252,12 @@ def _restore(run: Run, resume: str | Path) -> None:
     """Load weights, optimizer, EMA, RNG and position from ``resume`` into ``run``."""
     checkpoint = load_checkpoint(resume)
     check_resumable(checkpoint, run.config, run.data, str(resume))
+    if any(key.endswith(LEGACY_OUT_CONV + "_v") for key in checkpoint.model):
+        raise CheckpointError(
+            f"cannot resume '{resume}': it was trained with weight-normed s/t output convolutions, which this "
+            "version replaced by plain ones (models/nets.py); its weights still load for evaluate, sample and "
+            "export, but its optimizer state does not fit"
+        )
     run.flow.load_state_dict(checkpoint.model)
     run.optimizer.load_state_dict(checkpoint.optimizer)
     if run.ema is not None:

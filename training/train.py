@@ -222,7 +222,7 @@ def report_skipped(run: Run, reading: Reading) -> None:
 
 
 def weight_norm_penalty(flow: Flow) -> Tensor:
-    """The paper's ``Σ g²`` over the weight-norm scales, as one fused reduction."""
+    """The paper's ``Σ g²``, as ``Σ w²`` of the output convolutions (:meth:`Flow.weight_norm_scales`), fused."""
     scales = flow.weight_norm_scales()
     if not scales:
         return torch.zeros((), device=next(flow.parameters()).device)

@@ -117,3 +117,32 @@ def test_training_mode_dequantizes_with_noise_and_eval_is_deterministic() -> Non
     torch.testing.assert_close(flow.log_prob(x, noise), flow.log_prob(x + noise - 0.5))
     flow.train()
     assert not torch.equal(flow.log_prob(x), flow.log_prob(x))
+
+
+def test_output_convolutions_learn_from_the_first_step() -> None:
+    """Zero-initialised, yet every s/t output convolution gets a gradient at once (a weight-norm g = 0 gave none)."""
+    flow = RealNVP(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1).train()
+    (-flow.log_prob(torch.randint(0, 256, (4, 1, 8, 8)).float()).mean()).backward()
+    weights = flow.weight_norm_scales()
+    assert len(weights) == 3 + 3 + 4
+    assert all(w.abs().max() == 0 and w.grad.abs().max() > 0 for w in weights)
+
+
+def test_a_weight_normed_output_convolution_of_an_older_checkpoint_loads_exactly() -> None:
+    torch.manual_seed(0)
+    flow = RealNVP(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1).eval()
+    old_state = {}
+    for key, value in flow.state_dict().items():
+        if key.endswith("out_conv.weight"):
+            v = torch.randn_like(value)  # what a weight-normed layer stored: direction v and per-channel scale g
+            g = torch.rand(value.shape[0], 1, 1, 1) + 0.5
+            old_state[key + "_v"], old_state[key + "_g"] = v, g
+        else:
+            old_state[key] = value
+    restored = RealNVP(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1).eval()
+    restored.load_state_dict(old_state)  # strict: no key left over or missing
+    for key, weight in restored.state_dict().items():
+        if key.endswith("out_conv.weight"):
+            v, g = old_state[key + "_v"], old_state[key + "_g"]
+            expected = g * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            torch.testing.assert_close(weight, expected, atol=0, rtol=0)

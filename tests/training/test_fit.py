@@ -103,6 +103,21 @@ def test_resume_refuses_another_architecture_or_data(tmp_path):
         load_checkpoint(tmp_path / "corrupt.pt")
 
 
+def test_resume_refuses_a_checkpoint_with_weight_normed_output_convolutions(tmp_path):
+    config = image_config(tmp_path, "train.epochs=1", "train.sample_every=0")
+    last = fit(config)
+    checkpoint = torch.load(last, weights_only=False)
+    for key in [k for k in checkpoint["model"] if k.endswith("out_conv.weight")]:
+        weight = checkpoint["model"].pop(key)
+        checkpoint["model"][key + "_v"] = weight + 1.0
+        checkpoint["model"][key + "_g"] = weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.save(checkpoint, tmp_path / "legacy.pt")
+    with pytest.raises(CheckpointError, match="weight-normed s/t output convolutions"):
+        fit(apply_overrides(config, ["train.epochs=2"]), resume=tmp_path / "legacy.pt")
+    flow, _ = load_flow(tmp_path / "legacy.pt", use_ema=False)  # evaluation and export still read it
+    assert torch.isfinite(flow.eval().log_prob(torch.zeros(2, *flow.event_shape))).all()
+
+
 def test_a_nan_loss_skips_the_update_and_repeated_nans_stop(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     forward = LogProbObjective.forward
