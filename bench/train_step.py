@@ -33,7 +33,7 @@ def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | 
     shape = SHAPES[config_name]
     batch_size = batch_size or config.train.batch_size
     torch.manual_seed(0)
-    flow = build_flow(config.model, "image", shape).to(device).train()
+    flow = build_flow(config.model, "image", shape).to(device, memory_format=torch.channels_last).train()  # as fit
     objective = LogProbObjective(flow)
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.optim.lr, betas=config.optim.betas)
     scales = flow.weight_norm_scales()
