@@ -162,7 +162,7 @@ def setup_run(config: TrainConfig, resume: str | Path | None) -> Run:
     torch.manual_seed(config.seed)  # the architecture and its initial weights come from the config alone
     flow = build_flow(config.model, data.kind, data.shape).to(device)
     if data.kind == "image":
-        # oneDNN's convolutions run channels-last fastest: a mnist step 0.62 s against 0.73 s on two threads.
+        # oneDNN's convolutions mostly run channels-last faster: up to 20 % off a mnist step (docs/training.md).
         flow = flow.to(memory_format=torch.channels_last)
     model: nn.Module = LogProbObjective(flow)
     if distributed:
