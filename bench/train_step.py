@@ -36,7 +36,7 @@ def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | 
     flow = build_flow(config.model, "image", shape).to(device, memory_format=torch.channels_last).train()  # as fit
     objective = LogProbObjective(flow)
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.optim.lr, betas=config.optim.betas)
-    scales = flow.weight_norm_scales()
+    scales = flow.l2_penalized_weights()
     x = torch.randint(0, 256, (batch_size, *shape), device=device).float()
 
     def step() -> float:

@@ -35,8 +35,7 @@ def to_torchscript(flow: Flow, freeze: bool = True) -> torch.jit.ScriptModule:
         flow: any :class:`Flow` of this library.
         freeze: apply ``torch.jit.freeze`` (constant-folds the frozen weights).
     """
-    inference_flow = copy.deepcopy(flow).float().cpu().eval()
-    inference_flow = inference_flow.to(memory_format=torch.channels_last)
+    inference_flow = copy.deepcopy(flow).float().cpu().eval().to(memory_format=torch.channels_last)
     for p in inference_flow.parameters():
         p.requires_grad_(False)
     scripted = script(inference_flow)

@@ -109,7 +109,7 @@ class Flow(nn.Module):
         z = torch.randn(n, self.dim, generator=generator, device=gen_device, dtype=param.dtype)
         return self.decode(temperature * z.to(param.device))
 
-    def weight_norm_scales(self) -> list[nn.Parameter]:
+    def l2_penalized_weights(self) -> list[nn.Parameter]:
         """The weights whose L2 norm the paper penalises (5·10⁻⁵): those of the ``s``/``t`` output convolutions.
 
         The paper puts the penalty on the weight-norm scales ``g``; ``g`` is the per-channel norm of a weight-normed

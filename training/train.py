@@ -222,8 +222,8 @@ def report_skipped(run: Run, reading: Reading) -> None:
 
 
 def weight_norm_penalty(flow: Flow) -> Tensor:
-    """The paper's ``Σ g²``, as ``Σ w²`` of the output convolutions (:meth:`Flow.weight_norm_scales`), fused."""
-    scales = flow.weight_norm_scales()
+    """The paper's ``Σ g²``, as ``Σ w²`` of the output convolutions (:meth:`Flow.l2_penalized_weights`), fused."""
+    scales = flow.l2_penalized_weights()
     if not scales:
         return torch.zeros((), device=next(flow.parameters()).device)
     return torch.stack(torch._foreach_norm([g.float() for g in scales])).square().sum()

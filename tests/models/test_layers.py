@@ -123,7 +123,7 @@ def test_output_convolutions_learn_from_the_first_step() -> None:
     """Zero-initialised, yet every s/t output convolution gets a gradient at once (a weight-norm g = 0 gave none)."""
     flow = RealNVP(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1).train()
     (-flow.log_prob(torch.randint(0, 256, (4, 1, 8, 8)).float()).mean()).backward()
-    weights = flow.weight_norm_scales()
+    weights = flow.l2_penalized_weights()
     assert len(weights) == 3 + 3 + 4
     assert all(w.abs().max() == 0 and w.grad.abs().max() > 0 for w in weights)
 
