@@ -6,11 +6,13 @@ float32 and with bf16 autocast. Prints one JSON document.
 
     python bench/train_step.py                       # both configs, CPU (and CUDA when present)
     python bench/train_step.py --configs mnist --threads 2 --steps 10
+    python bench/train_step.py --configs mnist --threads 2 --sizes 3,16,2 3,32,2 3,16,4   # other widths/depths
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -28,8 +30,30 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
-def train_step_rate(config_name: str, device: str, amp: bool, batch_size: int | None, steps: int, warmup: int) -> dict:
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"3,32,2"`` -> ``(num_scales, mid_channels, num_blocks)``."""
+    try:
+        scales, channels, blocks = (int(part) for part in text.split(","))
+    except ValueError:
+        expected = "NUM_SCALES,MID_CHANNELS,NUM_BLOCKS, e.g. 3,32,2"
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+    return scales, channels, blocks
+
+
+def train_step_rate(
+    config_name: str,
+    device: str,
+    amp: bool,
+    batch_size: int | None,
+    steps: int,
+    warmup: int,
+    size: tuple[int, int, int] | None = None,
+) -> dict:
     config = load_config(CONFIGS / f"{config_name}.toml")
+    if size is not None:
+        scales, channels, blocks = size
+        model = dataclasses.replace(config.model, num_scales=scales, mid_channels=channels, num_blocks=blocks)
+        config = dataclasses.replace(config, model=model)
     shape = SHAPES[config_name]
     batch_size = batch_size or config.train.batch_size
     torch.manual_seed(0)
@@ -85,15 +109,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None, help="default: each config's batch size")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        default=[None],
+        metavar="S,C,B",
+        help="instead of each config's model: num_scales,mid_channels,num_blocks (e.g. 3,32,2), each timed",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = []
     for name in args.configs:
-        runs.append(train_step_rate(name, "cpu", False, args.batch_size, args.steps, args.warmup))
-        if torch.cuda.is_available():
-            for amp in (False, True):
-                runs.append(train_step_rate(name, "cuda", amp, args.batch_size, args.steps, args.warmup))
+        for size in args.sizes:
+            runs.append(train_step_rate(name, "cpu", False, args.batch_size, args.steps, args.warmup, size))
+            if torch.cuda.is_available():
+                for amp in (False, True):
+                    runs.append(train_step_rate(name, "cuda", amp, args.batch_size, args.steps, args.warmup, size))
     report = {
         "benchmark": "train_step",
         "torch": torch.__version__,
