@@ -12,7 +12,6 @@ float32 and with bf16 autocast. Prints one JSON document.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -28,6 +27,7 @@ from training.run import LogProbObjective
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+SIZE_KEYS = ("num_scales", "mid_channels", "num_blocks")
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -49,11 +49,8 @@ def train_step_rate(
     warmup: int,
     size: tuple[int, int, int] | None = None,
 ) -> dict:
-    config = load_config(CONFIGS / f"{config_name}.toml")
-    if size is not None:
-        scales, channels, blocks = size
-        model = dataclasses.replace(config.model, num_scales=scales, mid_channels=channels, num_blocks=blocks)
-        config = dataclasses.replace(config, model=model)
+    overrides = () if size is None else [f"model.{key}={value}" for key, value in zip(SIZE_KEYS, size, strict=True)]
+    config = load_config(CONFIGS / f"{config_name}.toml", overrides)  # validated like `fit --set`
     shape = SHAPES[config_name]
     batch_size = batch_size or config.train.batch_size
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from bench import train_step
+from training.config import ConfigError
 
 
 def test_parse_size_reads_scales_channels_blocks_and_names_what_it_expected() -> None:
@@ -22,3 +23,8 @@ def test_a_size_replaces_the_configs_model_and_is_reported() -> None:
     wider = train_step.train_step_rate("mnist", "cpu", False, batch_size=2, steps=1, warmup=0, size=(1, 8, 1))
     assert wider["parameters"] > run["parameters"]  # the override reaches the flow that is timed
     assert run["median_step_s"] > 0 and run["images_per_s"] > 0
+
+
+def test_an_impossible_size_is_refused_by_the_configs_own_checks() -> None:
+    with pytest.raises(ConfigError, match="num_scales"):
+        train_step.train_step_rate("mnist", "cpu", False, batch_size=2, steps=1, warmup=0, size=(0, 4, 1))
