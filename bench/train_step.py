@@ -1,12 +1,17 @@
 """Images per second of a full RealNVP training step (forward, loss, backward, clipping, Adam step).
 
 Measures the configs of the bundled ``mnist`` model and of the paper's CIFAR-10 setting on synthetic 8-bit
-images (the step's cost does not depend on the pixel values), on CPU and, when CUDA is present, on the GPU in
-float32 and with bf16 autocast. Prints one JSON document.
+images (the step's cost does not depend on the pixel values), on CPU (float32, and with ``--cpu-bf16`` also under
+bf16 autocast, as ``fit --set train.amp=bf16`` trains) and, when CUDA is present, on the GPU in float32 and with
+bf16 autocast. Prints one JSON document.
 
     python bench/train_step.py                       # both configs, CPU (and CUDA when present)
     python bench/train_step.py --configs mnist --threads 2 --steps 10
     python bench/train_step.py --configs mnist --threads 2 --sizes 3,16,2 3,32,2 3,16,4   # other widths/depths
+    python bench/train_step.py --configs mnist --threads 2 --sizes 3,32,4 --cpu-bf16      # CPU bf16 next to fp32
+
+CPU bf16 pays off only where the processor computes it natively (AMX-BF16 or AVX512-BF16); elsewhere oneDNN
+emulates it and a step is several times slower than in float32.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def train_step_rate(
 
     def step() -> float:
         noise = torch.rand_like(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp else nullcontext():
             log_prob = objective(x, noise)
         loss = -log_prob.float().mean() / (flow.dim * math.log(2.0))
         loss = loss + config.optim.weight_norm_l2 * sum((g.float() ** 2).sum() for g in scales)
@@ -114,13 +119,15 @@ def main() -> None:
         metavar="S,C,B",
         help="instead of each config's model: num_scales,mid_channels,num_blocks (e.g. 3,32,2), each timed",
     )
+    parser.add_argument("--cpu-bf16", action="store_true", help="also time the CPU step under bf16 autocast")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = []
     for name in args.configs:
         for size in args.sizes:
-            runs.append(train_step_rate(name, "cpu", False, args.batch_size, args.steps, args.warmup, size))
+            for amp in (False, True) if args.cpu_bf16 else (False,):
+                runs.append(train_step_rate(name, "cpu", amp, args.batch_size, args.steps, args.warmup, size))
             if torch.cuda.is_available():
                 for amp in (False, True):
                     runs.append(train_step_rate(name, "cuda", amp, args.batch_size, args.steps, args.warmup, size))

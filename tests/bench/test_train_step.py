@@ -25,6 +25,11 @@ def test_a_size_replaces_the_configs_model_and_is_reported() -> None:
     assert run["median_step_s"] > 0 and run["images_per_s"] > 0
 
 
+def test_the_cpu_step_runs_under_bf16_autocast_when_asked() -> None:
+    run = train_step.train_step_rate("mnist", "cpu", True, batch_size=2, steps=1, warmup=0, size=(1, 4, 1))
+    assert run["precision"] == "bf16-autocast" and run["device"] == "cpu" and run["median_step_s"] > 0
+
+
 def test_an_impossible_size_is_refused_by_the_configs_own_checks() -> None:
     with pytest.raises(ConfigError, match="num_scales"):
         train_step.train_step_rate("mnist", "cpu", False, batch_size=2, steps=1, warmup=0, size=(0, 4, 1))
