@@ -26,6 +26,7 @@ from training.data import DataSplits, load_data
 from training.ema import make_ema
 from training.ledger import StepLedger
 from training.runtime import MetricsLog, fits_on_gpu, setup_distributed
+from training.schedule import Rewarm, get_lr, resume_rewarm
 
 # Keys that may change when resuming (they do not change which steps are taken).
 RESUMABLE_KEYS = frozenset(
@@ -81,6 +82,7 @@ class Run:
     ledger: StepLedger
     distributed: bool = False
     lr_scale: float = 1.0
+    rewarm: Rewarm | None = None
     epoch: int = 0
     batch_in_epoch: int = 0
     step: int = 0
@@ -137,6 +139,7 @@ class Run:
                 "world_size": self.world_size,
                 "global_batch_size": self.global_batch,  # also marks train.batch_size as per device
                 "lr_scale": self.lr_scale,
+                "lr_rewarm": None if self.rewarm is None else [self.rewarm.start, self.rewarm.lr],
                 "num_parameters": self.flow.num_parameters(),
             },
         )
@@ -265,6 +268,7 @@ def _restore(run: Run, resume: str | Path) -> None:
     torch.set_rng_state(checkpoint.rng["torch"])
     run.epoch, run.batch_in_epoch, run.step = checkpoint.epoch, checkpoint.batch_in_epoch, checkpoint.step
     run.best_val_bpd, run.elapsed_before = checkpoint.best_val_bpd, checkpoint.extra.get("elapsed_s", 0.0)
+    _resume_schedule(run, checkpoint)
     if checkpoint.extra.get("world_size", run.world_size) != run.world_size and run.master:
         print(
             f"warning: resuming a {checkpoint.extra['world_size']}-process run with {run.world_size} "
@@ -303,3 +307,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _resume_schedule(run: Run, checkpoint: Checkpoint) -> None:
+    """Ramp the learning rate when the resume changed the schedule (``training.schedule``); say so."""
+    old_total = run.batches_per_epoch * checkpoint.config.train.epochs
+    before = get_lr(run.step, checkpoint.config, old_total) * checkpoint.extra.get("lr_scale", 1.0)
+    after = get_lr(run.step, run.config, run.total_steps) * run.lr_scale
+    kept = checkpoint.extra.get("lr_rewarm")
+    last_lr = float(checkpoint.optimizer["param_groups"][0]["lr"])
+    run.rewarm = resume_rewarm(
+        run.step, last_lr, before, after, None if kept is None else Rewarm(int(kept[0]), float(kept[1])), run.config
+    )
+    if run.master and run.rewarm is not None and run.rewarm.start == run.step:
+        print(
+            f"the schedule changed on resume (lr {before:.3g} -> {after:.3g} at step {run.step}): ramping from the "
+            f"checkpoint's {last_lr:.3g} over {run.config.optim.warmup_steps} steps (optim.warmup_steps)"
+        )

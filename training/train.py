@@ -31,6 +31,7 @@ from training.ledger import Reading
 from training.plots import save_image_grid, save_vector_samples
 from training.run import Run, setup_run
 from training.runtime import StopFlag, agree_on_skip, agree_on_stop
+from training.schedule import scheduled_lr
 
 
 class TrainingError(RuntimeError):
@@ -121,7 +122,7 @@ def train_step(run: Run, index: Tensor) -> StepResult:
         index: ``(B,)`` rows of the training split, on its device.
     """
     config = run.config
-    lr = get_lr(run.step, config, run.total_steps) * run.lr_scale
+    lr = run_lr(run, run.step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     x = get_batch(run.train_items, index, run.device)  # (B, *shape) float
@@ -192,7 +193,7 @@ def read_ledger(run: Run, stop_requested: bool, bar: tqdm) -> bool:
             bar.set_postfix(loss=f"{reading.loss:.4f}", bpd=f"{reading.train_bpd:.4f}")
             run.metrics.write(
                 kind="train", step=run.step, epoch=run.epoch, loss=reading.loss, train_bpd=reading.train_bpd,
-                lr=get_lr(run.step - 1, run.config, run.total_steps) * run.lr_scale, grad_norm=reading.grad_norm,
+                lr=run_lr(run, run.step - 1), grad_norm=reading.grad_norm,
                 skipped=reading.skipped_in_interval,
             )  # fmt: skip
         run.ledger.start_interval()
@@ -258,7 +259,7 @@ def end_of_epoch(run: Run) -> None:
         record = dict(
             kind="epoch", epoch=run.epoch, step=run.step, val_bpd=val["bits_per_dim"], val_nll_nats=val["nll_nats"],
             train_bpd=train_bpd, elapsed_s=run.elapsed(),
-            lr=get_lr(run.step - 1, run.config, run.total_steps) * run.lr_scale, global_batch=run.global_batch,
+            lr=run_lr(run, run.step - 1), global_batch=run.global_batch,
         )  # fmt: skip
         if run.ema is not None:  # both, so a lagging or broken average shows (the better one is exported)
             record["raw_val_bpd"] = validate(run, run.flow)["bits_per_dim"]
@@ -301,15 +302,9 @@ def finish(run: Run) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def get_lr(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warm-up to ``optim.lr``, then constant or cosine decay to ``optim.min_lr``."""
-    optim = config.optim
-    if step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return optim.lr
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
-    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1.0 + math.cos(math.pi * progress))
+def run_lr(run: Run, step: int) -> float:
+    """The learning rate of the run's optimizer step ``step`` (see ``training.schedule``)."""
+    return scheduled_lr(step, run.config, run.total_steps, run.lr_scale, run.rewarm)
 
 
 def get_batch(items: Tensor, index: Tensor, device: torch.device) -> Tensor:
