@@ -42,11 +42,15 @@ class ReferenceScores(BaseModel):
     latent: list[float] | None = None
     latent_mean: list[float] | None = None
     latent_std: list[float] | None = None
+    # Optional, both or none (multi-scale image flows; cards exported before it lack them): each reference item's
+    # ``coarse`` score, and how many trailing coordinates of the latent the flow's coarsest scale produces.
+    coarse: list[float] | None = None
+    coarse_dims: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> ReferenceScores:
         count = len(self.bits_per_dim)
-        for key in ("log_likelihood", "bits_per_dim", "complexity", "latent", "latent_mean", "latent_std"):
+        for key in ("log_likelihood", "bits_per_dim", "complexity", "latent", "latent_mean", "latent_std", "coarse"):
             if not all(math.isfinite(value) for value in getattr(self, key) or ()):
                 raise ValueError(f"reference_scores.{key}: expected finite numbers, got NaN or Inf")
         if len(self.log_likelihood) != count:
@@ -71,6 +75,10 @@ class ReferenceScores(BaseModel):
                 )
             if not all(value > 0 for value in self.latent_std):
                 raise ValueError("reference_scores.latent_std: expected positive values, got zero or negative")
+        if (self.coarse is None) != (self.coarse_dims is None):
+            raise ValueError("reference_scores: expected coarse and coarse_dims together, got one of them")
+        if self.coarse is not None and len(self.coarse) != count:
+            raise ValueError(f"reference_scores.coarse: expected {count} values, got {len(self.coarse)}")
         return self
 
 
@@ -113,6 +121,11 @@ class ModelCard(BaseModel):
                 f"reference_scores.latent_mean: expected {self.dimension} values (the dimension), "
                 f"got {len(scores.latent_mean)}"
             )
+        if scores is not None and scores.coarse_dims is not None and scores.coarse_dims > self.dimension:
+            raise ValueError(
+                f"reference_scores.coarse_dims: expected at most {self.dimension} (the dimension), "
+                f"got {scores.coarse_dims}"
+            )
         if self.data_kind == "image":
             if len(self.shape) != 3 or self.shape[0] not in (1, 3):
                 raise ValueError(f"shape: expected [C, H, W] with C in (1, 3) for an image, got {self.shape}")
@@ -133,13 +146,21 @@ class ModelCard(BaseModel):
     @property
     def notes(self) -> list[str]:
         """What a reader must know to compare this card's figures with others (empty for a current card)."""
+        notes = []
         if self.format_version == 1 and self.is_image:
-            return [
+            notes.append(
                 "format 1 card: metrics.test_bits_per_dim is the density at the bin centre (-log2 p(x + 0.5) / D), "
                 "not the standard bits/dim of uniform dequantization; re-export the checkpoint for the standard "
                 "figure (docs/artifact.md)"
-            ]
-        return []
+            )
+        scores = self.reference_scores
+        two_part = scores is not None and None not in (scores.latent, scores.complexity) and scores.coarse is None
+        if self.is_image and two_part:
+            notes.append(
+                "card exported before the coarse score: the default anomaly score combined is Fisher's "
+                "combination of complexity and latent only; re-export the checkpoint to add coarse (docs/anomaly.md)"
+            )
+        return notes
 
     def public_view(self) -> dict[str, Any]:
         """The card as JSON, without bulky per-sample arrays, with :attr:`notes` when there are any."""

@@ -25,6 +25,7 @@ def reference_scores(
     *,
     split: str = "val",
     compressor: scores.Compressor = scores.DEFAULT_COMPRESSOR,
+    coarse_dims: int | None = None,
 ) -> dict[str, Any]:
     """The card's ``reference_scores`` from the exported module's outputs on ``n`` held-out items.
 
@@ -34,10 +35,12 @@ def reference_scores(
         pixels: ``(n, C, H, W)`` 8-bit values of image items (the ``complexity`` score), None for vectors.
         split: which split the items come from (never trained on).
         compressor: the compressor of the ``complexity`` score.
+        coarse_dims: how many trailing latent coordinates the flow's coarsest scale produces (the ``coarse``
+            score), None for flows without scales.
 
     Returns:
         ``{"split", "log_likelihood", "bits_per_dim", ["complexity", "complexity_compressor"], "latent",
-        "latent_mean", "latent_std"}`` (docs/artifact.md).
+        "latent_mean", "latent_std", ["coarse", "coarse_dims"]}`` (docs/artifact.md).
     """
     nats = np.asarray(log_likelihood, dtype=np.float64).reshape(-1)
     z = np.asarray(latents, dtype=np.float64).reshape(len(nats), -1)
@@ -50,6 +53,9 @@ def reference_scores(
     block["latent"] = _rounded(scores.latent_scores(z, gaussian))
     block["latent_mean"] = [float(v) for v in gaussian.mean]
     block["latent_std"] = [float(v) for v in gaussian.std]
+    if coarse_dims is not None:
+        block["coarse"] = _rounded(scores.coarse_scores(z, coarse_dims))
+        block["coarse_dims"] = int(coarse_dims)
     return block
 
 

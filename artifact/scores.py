@@ -12,11 +12,18 @@ Every score is oriented so that **higher means more anomalous**:
   the constant: ``mean_d 0.5 ((z_d − μ_d) / σ_d)² + log σ_d`` (nats). It leaves out the log-determinant, the term
   that rewards simple images (Kirichenko et al., 2020), and measures where an item lands in latent space
   relative to where held-out in-distribution items land.
-* ``combined``: Fisher's combination of the conformal p-values of ``complexity`` and ``latent``,
-  ``−log p_complexity − log p_latent`` (image models). Each part catches what the other misses: ``complexity``
-  the simple images that raw likelihood prefers, ``latent`` the items that land where held-out items do not
-  (digits moved off-centre). Its reference scores are those of the reference items themselves, each
-  p-value computed against the other reference items (leave-one-out).
+* ``coarse``: the negative log-density, per dimension and without the constant, of the coarsest scale's latent
+  under the flow's own prior ``N(0, I)``: ``mean 0.5 z_c²`` over the last ``coarse_dims`` coordinates of
+  ``z = encode(x)`` (nats), the part of a multi-scale flow's latent that its last scale, seeing the whole image
+  at the lowest resolution, produces (Dinh et al. 2017, §3.6). Its first scales model local pixel correlations,
+  which most images share (Kirichenko et al., 2020; Schirrmeister et al., 2020): the last scale's share of the
+  likelihood carries more of the global shape.
+* ``combined``: Fisher's combination of the conformal p-values of ``complexity``, ``latent`` and ``coarse``,
+  ``−Σ log p`` (image models; cards exported before ``coarse`` combine the first two). Each part catches what
+  the others miss: ``complexity`` the simple images that raw likelihood prefers, ``latent`` the items that land
+  where held-out items do not (digits moved off-centre), ``coarse`` shapes that are locally plausible but globally
+  not (printed characters, digits overlaid, occluded or changed in contrast). Its reference scores are those of
+  the reference items themselves, each p-value computed against the other reference items (leave-one-out).
 * ``typicality``: the test of Nalisnick et al. (2019b) for a batch of ``M`` items submitted together,
   ``|mean bits/dim of the batch − H|`` with ``H`` the model's entropy estimated on held-out data. It is
   two-sided: batches that are *too likely* are as atypical as batches that are too unlikely.
@@ -32,7 +39,9 @@ References:
     models", ICLR 2020. Nalisnick et al., "Do deep generative models know what they don't know?", ICLR 2019.
     Nalisnick et al., "Detecting out-of-distribution inputs to deep generative models using typicality",
     arXiv:1906.02994, 2019. Kirichenko et al., "Why normalizing flows fail to detect out-of-distribution data",
-    NeurIPS 2020. Fisher, *Statistical Methods for Research Workers*, 1925, §21.1 (combining p-values).
+    NeurIPS 2020. Schirrmeister et al., "Understanding anomaly detection with deep invertible networks through
+    hierarchies of distributions and features", NeurIPS 2020. Dinh et al., "Density estimation using Real NVP",
+    ICLR 2017. Fisher, *Statistical Methods for Research Workers*, 1925, §21.1 (combining p-values).
 """
 
 from __future__ import annotations
@@ -48,12 +57,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image
 
-ScoreName = Literal["nll", "complexity", "latent", "combined", "typicality"]
+ScoreName = Literal["nll", "complexity", "latent", "coarse", "combined", "typicality"]
 Compressor = Literal["png", "deflate"]
 
-SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "latent", "combined", "typicality")
-ITEM_SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "latent", "combined")
-COMBINED_PARTS: tuple[ScoreName, ...] = ("complexity", "latent")
+SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "latent", "coarse", "combined", "typicality")
+ITEM_SCORES: tuple[ScoreName, ...] = ("nll", "complexity", "latent", "coarse", "combined")
+COMBINED_PARTS: tuple[ScoreName, ...] = ("complexity", "latent", "coarse")
+# The parts a card needs for ``combined`` at all: cards exported before ``coarse`` combine these two.
+COMBINED_REQUIRED: tuple[ScoreName, ...] = ("complexity", "latent")
 COMPRESSORS: tuple[Compressor, ...] = ("png", "deflate")
 # What export stores and what the service uses when a card does not name its compressor (see docs/anomaly.md).
 DEFAULT_COMPRESSOR: Compressor = "png"
@@ -69,10 +80,10 @@ _PNG_CHUNK_FRAMING_BYTES = 12  # length, type and CRC of every chunk
 def default_score(is_image: bool) -> ScoreName:
     """The score that decides ``is_anomaly`` when a request does not choose: ``combined`` for images.
 
-    ``combined`` catches both what raw likelihood prefers (simple images, through ``complexity``) and items that
-    land where held-out latents do not (``latent``); docs/anomaly.md gives its AUROC on every family of
-    ``bench/ood.py``, the ones it misses included, and the order in which the scores were added. Vector models
-    have no compressor, so they default to ``nll``.
+    ``combined`` catches what raw likelihood prefers (simple images, through ``complexity``), items that land
+    where held-out latents do not (``latent``) and globally implausible shapes (``coarse``); docs/anomaly.md
+    gives its AUROC on every family of ``bench/ood.py``, the ones it misses included, and the order in which the
+    scores were added. Vector models have no compressor, so they default to ``nll``.
     """
     return "combined" if is_image else "nll"
 
@@ -172,6 +183,18 @@ def latent_scores(latents: ArrayLike, gaussian: LatentGaussian) -> np.ndarray:
         raise ValueError(f"expected latents of dimension {gaussian.mean.size}, got shape {z.shape}")
     standardised = (z - gaussian.mean) / gaussian.std
     return 0.5 * np.square(standardised).mean(axis=1) + float(np.log(gaussian.std).mean())
+
+
+def coarse_scores(latents: ArrayLike, coarse_dims: int) -> np.ndarray:
+    """``mean 0.5 z_c²`` over the last ``coarse_dims`` coordinates of each row of ``latents`` ``(N, D)``: ``(N,)`` nats.
+
+    The negative log-density under ``N(0, I)`` of the coarsest scale's latent divided by ``coarse_dims``, without
+    the ``0.5 log 2π`` constant (higher = more anomalous).
+    """
+    z = _as_float64_matrix(latents)
+    if not 1 <= coarse_dims <= z.shape[1]:
+        raise ValueError(f"expected coarse_dims in [1, {z.shape[1]}] (the latent dimension), got {coarse_dims}")
+    return 0.5 * np.square(z[:, z.shape[1] - coarse_dims :]).mean(axis=1)
 
 
 # ------------------------------------------------------------------------------------------------ calibration

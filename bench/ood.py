@@ -20,9 +20,11 @@ whichever others are built. Families from the test digits transform all 500 of t
 
 Scores are computed exactly as the service computes them (``service.engine.runner`` + ``artifact.scores``):
 ``nll`` (bits/dim), ``complexity`` with the PNG and the deflate compressor, ``latent`` (the latent's negative
-log-density per dimension under the Gaussian the card fitted to the validation latents), ``combined`` (Fisher's
-combination of the conformal p-values of ``complexity`` and ``latent``; the service's default), and ``typicality`` of
-single items (``|bits/dim − H|``, batch size 1) and of batches of 10 and 50 items drawn from one set.
+log-density per dimension under the Gaussian the card fitted to the validation latents), ``coarse`` (the
+coarsest scale's latent under the prior), ``combined`` (Fisher's combination of the conformal p-values of
+``complexity``, ``latent`` and ``coarse``; the service's default), ``combined (no coarse)`` (the two-part default
+of cards exported before ``coarse``, side by side), and ``typicality`` of single items (``|bits/dim − H|``, batch
+size 1) and of batches of 10 and 50 items drawn from one set.
 
     python bench/ood.py                                   # model_store/mnist, markdown tables on stdout
     python bench/ood.py --model-dir model_store/mnist --json ood.json
@@ -81,15 +83,22 @@ def item_scores(
     complexity = {c: anomaly.complexity_scores(bits, pixels, c) for c in anomaly.COMPRESSORS}
     latent = anomaly.latent_scores(latents, gaussian)
     card_complexity = complexity[references.complexity_compressor or anomaly.DEFAULT_COMPRESSOR]
-    return {
+    two_parts = [np.asarray(references.complexity), np.asarray(references.latent)]
+    scores = {
         "nll": bits,
         **{f"complexity ({c})": values for c, values in complexity.items()},
         "latent": latent,
-        "combined": anomaly.combined_scores(
-            [card_complexity, latent], [np.asarray(references.complexity), np.asarray(references.latent)]
-        ),
-        "typicality (M=1)": np.abs(bits - entropy),
     }
+    if references.coarse_dims is not None:
+        scores["coarse"] = anomaly.coarse_scores(latents, references.coarse_dims)
+        scores["combined"] = anomaly.combined_scores(
+            [card_complexity, latent, scores["coarse"]], [*two_parts, np.asarray(references.coarse)]
+        )
+        scores["combined (no coarse)"] = anomaly.combined_scores([card_complexity, latent], two_parts)
+    else:  # a card exported before coarse: its combined has two parts
+        scores["combined"] = anomaly.combined_scores([card_complexity, latent], two_parts)
+    scores["typicality (M=1)"] = np.abs(bits - entropy)
+    return scores
 
 
 def batch_typicality(
@@ -116,12 +125,18 @@ def flagged_fractions(runner: ModelRunner, scores: dict[str, np.ndarray], fpr: f
         "nll": (scores["nll"], references.bits_per_dim),
         f"complexity ({compressor})": (scores[f"complexity ({compressor})"], references.complexity),
         "latent": (scores["latent"], references.latent),
-        "combined": (
-            scores["combined"],
-            anomaly.combined_reference([np.asarray(references.complexity), np.asarray(references.latent)]),
-        ),
-        "typicality (M=1)": (scores["typicality (M=1)"], bootstrap),
     }
+    two_parts = [np.asarray(references.complexity), np.asarray(references.latent)]
+    if references.coarse is not None:
+        pairs["coarse"] = (scores["coarse"], references.coarse)
+        pairs["combined"] = (
+            scores["combined"],
+            anomaly.combined_reference([*two_parts, np.asarray(references.coarse)]),
+        )
+        pairs["combined (no coarse)"] = (scores["combined (no coarse)"], anomaly.combined_reference(two_parts))
+    else:
+        pairs["combined"] = (scores["combined"], anomaly.combined_reference(two_parts))
+    pairs["typicality (M=1)"] = (scores["typicality (M=1)"], bootstrap)
     return {
         name: float(anomaly.calibrate(values, np.asarray(reference), fpr).is_anomaly.mean())
         for name, (values, reference) in pairs.items()

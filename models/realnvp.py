@@ -84,6 +84,9 @@ class RealNVP(Flow):
         num_blocks: residual blocks per ResNet.
         alpha: logit preprocessing constant (0.05 in the paper).
 
+    Attributes:
+        coarse_dims: how many trailing coordinates of the latent the last scale produces (``C·s²`` of its output).
+
     Example:
         >>> flow = RealNVP(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1).eval()
         >>> flow.log_prob(torch.randint(0, 256, (2, 1, 8, 8)).float()).shape
@@ -134,3 +137,5 @@ class RealNVP(Flow):
                 channels //= 2
         transform = CompositeTransform([LogitPreprocess(alpha), MultiscaleTransform(levels, level_shapes)])
         super().__init__(transform, event_shape=[in_channels, image_size, image_size], data_kind="image")
+        # The last scale's output ends the flat latent: the ``coarse`` anomaly score reads these coordinates.
+        self.coarse_dims: int = level_shapes[-1][0] * level_shapes[-1][1] * level_shapes[-1][2]

@@ -109,7 +109,9 @@ def export_artifact(
             sha256=sha256,
             dataset=dataset,
             metrics=metrics,
-            reference_scores=module_reference_scores(loaded, reference, flow.data_kind),
+            reference_scores=module_reference_scores(
+                loaded, reference, flow.data_kind, getattr(flow, "coarse_dims", None)
+            ),
             num_parameters=flow.num_parameters(),
             training_config=config,
             torch_version=torch.__version__,
@@ -140,16 +142,19 @@ def _checked_reference(flow: Flow, metrics: dict[str, float], reference: Tensor)
 
 
 @torch.no_grad()
-def module_reference_scores(module: torch.jit.ScriptModule, reference: Tensor, kind: str) -> dict[str, Any]:
+def module_reference_scores(
+    module: torch.jit.ScriptModule, reference: Tensor, kind: str, coarse_dims: int | None = None
+) -> dict[str, Any]:
     """The card's ``reference_scores``, from the exported module's own outputs on the reference items.
 
     Latents come from the exported module with images at their bin centre, as the service encodes them.
+    ``coarse_dims`` (multi-scale flows: ``RealNVP.coarse_dims``) adds the ``coarse`` references.
     """
     log_likelihood = torch.cat([module.log_prob(batch) for batch in reference.split(500)]).double()
     offset = artifact.DEQUANTIZATION_OFFSET if kind == "image" else 0.0
     latents = torch.cat([module.encode(batch + offset)[0] for batch in reference.split(500)]).double()
     pixels = reference.numpy() if kind == "image" else None
-    return artifact.reference_scores(log_likelihood.numpy(), latents.numpy(), pixels)
+    return artifact.reference_scores(log_likelihood.numpy(), latents.numpy(), pixels, coarse_dims=coarse_dims)
 
 
 def _close(actual: Tensor, expected: Tensor, tolerance: float) -> bool:

@@ -27,9 +27,10 @@ class AnomalyRequest(InputsRequest):
     score: ScoreName | None = Field(
         default=None,
         description="The score that decides `is_anomaly`: `combined` (image models' default: Fisher's "
-        "combination of the `complexity` and `latent` p-values), `nll` (vector models' default), `complexity` "
-        "(bits/dim minus compressed length), `latent` (the latent's log-density under a Gaussian fitted to "
-        "held-out latents) or `typicality` (the whole batch, flagged together).",
+        "combination of the `complexity`, `latent` and `coarse` p-values; `parts` names those a card has), `nll` "
+        "(vector models' default), `complexity` (bits/dim minus compressed length), `latent` (the latent's "
+        "log-density under a Gaussian fitted to held-out latents), `coarse` (the log-density of the coarsest "
+        "scale's latent under the prior) or `typicality` (the whole batch, flagged together).",
     )
     explain: bool = Field(
         default=False, description="Also return a PNG per image of |d log p / dx| (where the likelihood is lost)."
@@ -40,8 +41,8 @@ class ItemScores(BaseModel):
     """One score per item, placed against the card's reference scores (higher = more anomalous)."""
 
     values: list[float] = Field(
-        description="The scores: bits/dim for `nll`, S(x) in bits/dim for `complexity`, nats/dim for `latent`, "
-        "−log p_complexity − log p_latent for `combined`."
+        description="The scores: bits/dim for `nll`, S(x) in bits/dim for `complexity`, nats/dim for `latent` "
+        "and `coarse`, −Σ log p over its `parts` for `combined`."
     )
     percentile: list[float] = Field(description="Percentage of reference scores strictly below each score.")
     p_value: list[float] = Field(description="Conformal p-value (1 + #{ref ≥ s}) / (n + 1), in (0, 1].")
@@ -50,6 +51,9 @@ class ItemScores(BaseModel):
         description="Scores strictly above it are flagged; null when fpr < 1/(n+1): n references cannot flag any."
     )
     compressor: str | None = Field(default=None, description="`complexity` only: the compressor measuring L(x).")
+    parts: list[str] | None = Field(
+        default=None, description="`combined` only: the scores whose p-values it combines (the card's)."
+    )
 
 
 class TypicalityScore(BaseModel):
@@ -207,7 +211,7 @@ class ScoredLogLikelihoodResponse(AnomalyScores, LogLikelihoodResponse):
     )
 
 
-def _item_scores(calibrated: Calibrated, compressor: str | None) -> ItemScores:
+def _item_scores(calibrated: Calibrated, compressor: str | None, parts: tuple[str, ...] | None) -> ItemScores:
     return ItemScores.model_construct(
         values=calibrated.values.tolist(),
         percentile=calibrated.percentile.tolist(),
@@ -215,6 +219,7 @@ def _item_scores(calibrated: Calibrated, compressor: str | None) -> ItemScores:
         is_anomaly=calibrated.is_anomaly.tolist(),
         threshold=calibrated.threshold,
         compressor=compressor,
+        parts=None if parts is None else list(parts),
     )
 
 
@@ -239,7 +244,10 @@ def anomaly_fields(report: Report) -> dict[str, object]:
         reference = ReferenceInfo.model_construct(split=report.reference_split, size=report.reference_size)
     return {
         "fpr": report.fpr,
-        "scores": {name: _item_scores(c, report.compressors.get(name)) for name, c in report.scores.items()},
+        "scores": {
+            name: _item_scores(c, report.compressors.get(name), report.combined_parts if name == "combined" else None)
+            for name, c in report.scores.items()
+        },
         "typicality": typicality,
         "reference": reference,
         "unavailable": report.unavailable,

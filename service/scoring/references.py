@@ -25,6 +25,8 @@ class References:
         compressor: the compressor of ``complexity``.
         latent: ``(n,)`` their ``latent`` scores (None in cards that predate it).
         latent_gaussian: the Gaussian ``latent`` scores against.
+        coarse: ``(n,)`` their ``coarse`` scores (None in cards that predate it).
+        coarse_dims: the trailing latent coordinates ``coarse`` reads.
         drift: the model's window of recently scored items (``service.scoring.drift``), once the app made one.
     """
 
@@ -34,6 +36,8 @@ class References:
     compressor: scores.Compressor
     latent: np.ndarray | None = None
     latent_gaussian: scores.LatentGaussian | None = None
+    coarse: np.ndarray | None = None
+    coarse_dims: int | None = None
     drift: DriftWindow | None = None
     _bootstraps: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
 
@@ -53,14 +57,23 @@ class References:
             compressor=block.complexity_compressor or scores.DEFAULT_COMPRESSOR,
             latent=None if block.latent is None or gaussian is None else _array(block.latent),
             latent_gaussian=gaussian,
+            coarse=None if block.coarse is None else _array(block.coarse),
+            coarse_dims=block.coarse_dims,
         )
+
+    @functools.cached_property
+    def combined_parts(self) -> tuple[scores.ScoreName, ...]:
+        """The parts ``combined`` combines for this card: all of ``COMBINED_PARTS`` it has references for."""
+        if any(getattr(self, part) is None for part in scores.COMBINED_REQUIRED):
+            return ()
+        return tuple(part for part in scores.COMBINED_PARTS if getattr(self, part) is not None)
 
     @functools.cached_property
     def combined(self) -> np.ndarray | None:
         """The ``combined`` scores of the reference items (``None`` without complexity and latent references)."""
-        if self.complexity is None or self.latent is None:
+        if not self.combined_parts:
             return None
-        return scores.combined_reference([self.complexity, self.latent])
+        return scores.combined_reference([getattr(self, part) for part in self.combined_parts])
 
     def typicality(self, batch_size: int) -> tuple[float, np.ndarray]:
         """``(H, bootstrap statistics)`` for batches of ``batch_size`` (seeded; cached per batch size)."""

@@ -52,7 +52,7 @@ class ItemScore:
         reference: the reference items' own scores.
         compute: the items' scores, given the calibrated scores already computed.
         images_only: whether it needs 8-bit images.
-        parts: the scores it combines (computed before it).
+        parts: the scores it may combine (computed before it; ``References.combined_parts`` those it does).
     """
 
     needs: tuple[str, ...]
@@ -83,8 +83,13 @@ async def _latent(items: Items, refs: References, done: dict[str, Calibrated]) -
     return scores.latent_scores(items.latents.numpy(), refs.latent_gaussian)
 
 
+async def _coarse(items: Items, refs: References, done: dict[str, Calibrated]) -> np.ndarray:
+    assert refs.coarse_dims is not None, "ItemScore.needs covers it"
+    return scores.coarse_scores(items.latents.numpy(), refs.coarse_dims)
+
+
 async def _combined(items: Items, refs: References, done: dict[str, Calibrated]) -> np.ndarray:
-    return scores.fisher_statistic([done[part].p_value for part in scores.COMBINED_PARTS])
+    return scores.fisher_statistic([done[part].p_value for part in refs.combined_parts])
 
 
 ITEM_SCORES: dict[ScoreName, ItemScore] = {
@@ -93,8 +98,11 @@ ITEM_SCORES: dict[ScoreName, ItemScore] = {
         needs=("complexity",), reference=lambda refs: refs.complexity, compute=_complexity, images_only=True
     ),
     "latent": ItemScore(needs=("latent", "latent_gaussian"), reference=lambda refs: refs.latent, compute=_latent),
-    "combined": ItemScore(
-        needs=("complexity", "latent"),
+    "coarse": ItemScore(
+        needs=("coarse", "coarse_dims"), reference=lambda refs: refs.coarse, compute=_coarse, images_only=True
+    ),
+    "combined": ItemScore(  # over the parts the card has: cards before ``coarse`` combine complexity and latent
+        needs=scores.COMBINED_REQUIRED,
         reference=lambda refs: refs.combined,
         compute=_combined,
         images_only=True,
@@ -111,6 +119,7 @@ class Report:
     fpr: float
     scores: dict[str, Calibrated] = field(default_factory=dict)
     compressors: dict[str, str] = field(default_factory=dict)
+    combined_parts: tuple[str, ...] = ()
     typicality: Typicality | None = None
     bootstrap_draws: int = 0
     reference_split: str | None = None
@@ -135,8 +144,8 @@ def unavailable_reason(card: ModelCard, refs: References | None, score: ScoreNam
         return None
     missing = [need for need in spec.needs if getattr(refs, need) is None]
     if missing:
-        label = repr(score) + (f" (of {' and '.join(map(repr, spec.parts))})" if spec.parts else "")
-        stored = " and ".join(need for need in spec.needs if not need.endswith("_gaussian"))
+        label = repr(score) + (f" (of {' and '.join(map(repr, spec.needs))})" if spec.parts else "")
+        stored = " and ".join(need for need in spec.needs if not need.endswith(("_gaussian", "_dims")))
         return (
             f"reference scores for {label} missing from card of model {card.name!r} ({exported}, before cards "
             f"stored {stored} references); {REEXPORT}, {OTHER_SCORES}"
@@ -181,6 +190,8 @@ async def score_batch(card: ModelCard, refs: References | None, items: Items, fp
         report.scores[name] = scores.calibrate(values, reference, fpr)
         if name == "complexity":
             report.compressors[name] = refs.compressor
+        if name == "combined":
+            report.combined_parts = refs.combined_parts
     reason = unavailable_reason(card, refs, "typicality")
     if reason is not None:
         report.unavailable["typicality"] = reason

@@ -28,6 +28,10 @@ def test_image_block_holds_every_score_of_the_reference_items() -> None:
     np.testing.assert_allclose(block["latent_mean"], gaussian.mean)
     np.testing.assert_allclose(block["latent"], scores.latent_scores(latents, gaussian), atol=1e-6)
     assert block["complexity_compressor"] == scores.DEFAULT_COMPRESSOR and block["split"] == "val"
+    assert "coarse" not in block and "coarse_dims" not in block  # a flow without scales
+    with_scales = reference_scores(nats, latents, pixels, coarse_dims=4)
+    assert with_scales["coarse_dims"] == 4
+    np.testing.assert_allclose(with_scales["coarse"], 0.5 * (latents[:, -4:] ** 2).mean(axis=1), atol=1e-6)
 
 
 def test_vector_block_has_no_complexity() -> None:

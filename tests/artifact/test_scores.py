@@ -186,3 +186,17 @@ def test_latent_gaussian_fit_is_the_maximum_likelihood_one() -> None:
             anomaly.fit_latent_gaussian(bad)
     with pytest.raises(ValueError, match="dimension 2"):
         anomaly.latent_scores(np.zeros((1, 3)), gaussian)
+
+
+def test_coarse_score_reads_the_trailing_latent_coordinates_under_the_prior() -> None:
+    z = np.array([[5.0, -7.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    # the last two coordinates only: 0.5 · mean(1², 3²) = 2.5; the first two never count
+    np.testing.assert_allclose(anomaly.coarse_scores(z, 2), [2.5, 0.0])
+    points = np.random.default_rng(1).normal(size=(4, 6))
+    log_density = -0.5 * (points[:, 2:] ** 2 + np.log(2 * np.pi))  # N(0, 1) per coordinate
+    np.testing.assert_allclose(
+        anomaly.coarse_scores(torch.from_numpy(points), 4), -log_density.mean(axis=1) - 0.5 * np.log(2 * np.pi)
+    )
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match=r"coarse_dims in \[1, 6\]"):
+            anomaly.coarse_scores(points, bad)

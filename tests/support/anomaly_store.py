@@ -70,7 +70,7 @@ def build_anomaly_store(root: Path) -> Path:
     card = json.loads((root / "legacy" / "card.json").read_text())
     card["name"] = "legacy"
     card["created_at"] = "2026-11-01T10:00:00Z"
-    for key in ("complexity", "complexity_compressor", "latent", "latent_mean", "latent_std"):
+    for key in ("complexity", "complexity_compressor", "latent", "latent_mean", "latent_std", "coarse", "coarse_dims"):
         del card["reference_scores"][key]
     (root / "legacy" / "card.json").write_text(json.dumps(card, indent=2))
     return root

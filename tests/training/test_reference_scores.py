@@ -42,6 +42,20 @@ def test_export_stores_the_latent_gaussian_of_the_reference_latents(anomaly_stor
     np.testing.assert_allclose(scores["latent"], anomaly.latent_scores(z, gaussian), atol=1e-5)
 
 
+def test_export_stores_the_coarse_score_of_the_last_scale(anomaly_store: Path) -> None:
+    scores = json.loads((anomaly_store / "digits" / "card.json").read_text())["reference_scores"]
+    module = torch.jit.load(str(anomaly_store / "digits" / "model.ts"))
+    # digits is RealNVP(1, 8, num_scales=2): the first scale squeezes 1x8x8 to 4x4x4 and factors out half, so the
+    # last scale's output, the end of the latent, is 2x4x4 = 32 of the 64 coordinates
+    assert scores["coarse_dims"] == 32
+    reference = torch.from_numpy(bar_images(REFERENCE_SIZE, seed=1)).float() + 0.5
+    with torch.no_grad():
+        z = module.encode(reference)[0].double().numpy()
+    np.testing.assert_allclose(scores["coarse"], 0.5 * (z[:, 32:] ** 2).mean(axis=1), atol=1e-5)
+    moons = json.loads((anomaly_store / "moons" / "card.json").read_text())["reference_scores"]
+    assert "coarse" not in moons and "coarse_dims" not in moons
+
+
 def test_vector_exports_have_no_complexity(anomaly_store: Path) -> None:
     scores = json.loads((anomaly_store / "moons" / "card.json").read_text())["reference_scores"]
     assert "complexity" not in scores and "complexity_compressor" not in scores

@@ -52,7 +52,7 @@ OPENAPI_BODY = {
 
 @router.post("/anomaly", response_model=AnomalyResponse, responses=ERRORS, openapi_extra=OPENAPI_BODY)
 async def score_anomaly(body: AnomalyBodyDep, request: Request, context: ContextDep) -> Response:
-    """Calibrated anomaly scores (`nll`, `complexity`, `latent`, `combined`, `typicality`) and `is_anomaly` at `fpr`.
+    """Anomaly scores (`nll`, `complexity`, `latent`, `coarse`, `combined`, `typicality`) and `is_anomaly` at `fpr`.
 
     A JSON body is an `/log-likelihood` body plus `fpr`, `score` and `explain`; a multipart body of image files
     takes them from the query string (`/anomaly?fpr=0.05&explain=true`). docs/anomaly.md explains the scores.

@@ -56,7 +56,8 @@ async def test_flagged_fraction_of_held_out_digits_at_fpr_005(
     n_test, n_ref = len(test_digits), body["reference"]["size"]
     # sampling error of a conformal flag rate: the test items' and the reference items' binomial errors
     error = math.sqrt(fpr * (1 - fpr) * (1 / n_test + 1 / n_ref))
-    for score in ("nll", "complexity", "latent", "combined") if "latent" in body["scores"] else ("nll", "complexity"):
+    assert set(body["scores"]) == {"nll", "complexity", "latent", "coarse", "combined"}  # the bundled card is current
+    for score in body["scores"]:
         values = body["scores"][score]
         assert all(0 < p <= 1 for p in values["p_value"])
         flagged = float(np.mean(values["is_anomaly"]))
