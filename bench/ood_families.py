@@ -40,13 +40,13 @@ PHOTOGRAPHS = (
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def held_out_digits(card: dict) -> np.ndarray:
-    """The artifact's test split (uint8 ``(N, 1, 28, 28)``), rebuilt from the training config in its card."""
+def held_out_digits(card: dict, split: str = "test") -> np.ndarray:
+    """A split of the artifact's data (uint8 ``(N, 1, 28, 28)``), rebuilt from the training config in its card."""
     from training.config import config_from_dict
     from training.data import load_data
 
     data = load_data(config_from_dict(card["training_config"]).data)
-    return data.split("test").numpy()
+    return data.split(split).numpy()
 
 
 def as_uint8(images: np.ndarray) -> np.ndarray:
