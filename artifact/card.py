@@ -154,8 +154,8 @@ class ModelCard(BaseModel):
                 "figure (docs/artifact.md)"
             )
         scores = self.reference_scores
-        two_part = scores is not None and None not in (scores.latent, scores.complexity) and scores.coarse is None
-        if self.is_image and two_part:
+        two_part = scores is not None and scores.latent is not None and scores.complexity is not None
+        if self.is_image and two_part and scores is not None and scores.coarse is None:
             notes.append(
                 "card exported before the coarse score: the default anomaly score combined is Fisher's "
                 "combination of complexity and latent only; re-export the checkpoint to add coarse (docs/anomaly.md)"

@@ -50,6 +50,7 @@ from sklearn.metrics import roc_auc_score
 
 from artifact import scores as anomaly
 from service.engine.runner import ModelRunner
+from service.scoring.references import References
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for bench.*
 from bench.ood_families import FAMILIES, family_rng, font_files, held_out_digits, ood_sets
@@ -78,30 +79,33 @@ def latent_gaussian(runner: ModelRunner) -> anomaly.LatentGaussian:
     return anomaly.LatentGaussian(np.asarray(references.latent_mean), np.asarray(references.latent_std))
 
 
+def service_references(runner: ModelRunner) -> References:
+    """The card's references as the service holds them (the parts ``combined`` takes, its reference scores)."""
+    refs = References.from_card(runner.card)
+    assert refs is not None and refs.combined_parts, "re-export: the card lacks complexity or latent references"
+    return refs
+
+
+def combined_of(parts: dict[str, np.ndarray], refs: References, names: tuple[str, ...]) -> np.ndarray:
+    """Fisher's combination of the ``names`` parts of ``parts`` against their references."""
+    return anomaly.combined_scores([parts[name] for name in names], [getattr(refs, name) for name in names])
+
+
 def item_scores(
     runner: ModelRunner, pixels: np.ndarray, entropy: float, gaussian: anomaly.LatentGaussian
 ) -> dict[str, np.ndarray]:
     """Every per-item score of ``pixels``."""
-    references = runner.card.reference_scores
-    assert references is not None and references.complexity is not None and references.latent is not None
     latents, bits = latents_and_bits_per_dim(runner, pixels)
     complexity = {c: anomaly.complexity_scores(bits, pixels, c) for c in anomaly.COMPRESSORS}
     latent = anomaly.latent_scores(latents, gaussian)
-    card_complexity = complexity[references.complexity_compressor or anomaly.DEFAULT_COMPRESSOR]
-    two_parts = [np.asarray(references.complexity), np.asarray(references.latent)]
-    scores = {
-        "nll": bits,
-        **{f"complexity ({c})": values for c, values in complexity.items()},
-        "latent": latent,
-    }
-    if references.coarse_dims is not None:
-        scores["coarse"] = anomaly.coarse_scores(latents, references.coarse_dims)
-        scores["combined"] = anomaly.combined_scores(
-            [card_complexity, latent, scores["coarse"]], [*two_parts, np.asarray(references.coarse)]
-        )
-        scores["combined (no coarse)"] = anomaly.combined_scores([card_complexity, latent], two_parts)
-    else:  # a card exported before coarse: its combined has two parts
-        scores["combined"] = anomaly.combined_scores([card_complexity, latent], two_parts)
+    refs = service_references(runner)
+    parts = {"complexity": complexity[refs.compressor], "latent": latent}
+    scores = {"nll": bits, **{f"complexity ({c})": values for c, values in complexity.items()}, "latent": latent}
+    if refs.coarse_dims is not None:
+        scores["coarse"] = parts["coarse"] = anomaly.coarse_scores(latents, refs.coarse_dims)
+    scores["combined"] = combined_of(parts, refs, refs.combined_parts)
+    if "coarse" in refs.combined_parts:  # beside it, the two-part default of cards exported before coarse
+        scores["combined (no coarse)"] = combined_of(parts, refs, anomaly.COMBINED_REQUIRED)
     scores["typicality (M=1)"] = np.abs(bits - entropy)
     return scores
 
@@ -131,16 +135,13 @@ def flagged_fractions(runner: ModelRunner, scores: dict[str, np.ndarray], fpr: f
         f"complexity ({compressor})": (scores[f"complexity ({compressor})"], references.complexity),
         "latent": (scores["latent"], references.latent),
     }
-    two_parts = [np.asarray(references.complexity), np.asarray(references.latent)]
-    if references.coarse is not None:
-        pairs["coarse"] = (scores["coarse"], references.coarse)
-        pairs["combined"] = (
-            scores["combined"],
-            anomaly.combined_reference([*two_parts, np.asarray(references.coarse)]),
-        )
+    refs = service_references(runner)
+    if refs.coarse is not None:
+        pairs["coarse"] = (scores["coarse"], refs.coarse)
+    pairs["combined"] = (scores["combined"], refs.combined)
+    if "combined (no coarse)" in scores:
+        two_parts = [getattr(refs, part) for part in anomaly.COMBINED_REQUIRED]
         pairs["combined (no coarse)"] = (scores["combined (no coarse)"], anomaly.combined_reference(two_parts))
-    else:
-        pairs["combined"] = (scores["combined"], anomaly.combined_reference(two_parts))
     pairs["typicality (M=1)"] = (scores["typicality (M=1)"], bootstrap)
     return {
         name: float(anomaly.calibrate(values, np.asarray(reference), fpr).is_anomaly.mean())
